@@ -1,0 +1,11 @@
+"""matchnet: Matching Networks for One Shot Learning (Vinyals et al., 2016) in plain PyTorch."""
+from .checkpoint import CheckpointError, load_model, save_model
+from .episodes import EpisodeSampler, Episodes, evaluation_episodes
+from .evaluate import Accuracy, evaluate, evaluate_table
+from .model import MatchingNetwork, SupportSet
+
+__all__ = [
+    "Accuracy", "CheckpointError", "EpisodeSampler", "Episodes", "MatchingNetwork", "SupportSet",
+    "evaluate", "evaluate_table", "evaluation_episodes", "load_model", "save_model",
+]
+__version__ = "0.1.0"

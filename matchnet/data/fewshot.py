@@ -1,0 +1,44 @@
+"""A few-shot split: every image of a dataset as one uint8 tensor, plus the list of classes a split may use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FewShotSplit:
+    """Classes are (source, rotation) pairs: class c shows images[source[c]] rotated by 90° x rotation[c].
+
+    images: uint8 [num_sources, per_source, H, W] (or [.., C, H, W]); 255 = ink for Omniglot. The whole
+    dataset is one tensor so that it can live on the GPU and episodes can be gathered with torch ops.
+    Several splits may share one images tensor.
+    """
+
+    images: torch.Tensor
+    source: torch.Tensor  # long [num_classes]
+    rotation: torch.Tensor  # long [num_classes], 0..3
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        if not (len(self.source) == len(self.rotation) == len(self.names)):
+            raise ValueError("source, rotation and names must have one entry per class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def per_class(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> "FewShotSplit":
+        return FewShotSplit(self.images.to(device), self.source.to(device), self.rotation.to(device), self.names)
+
+    def class_images(self, c: int) -> torch.Tensor:
+        """All images of class c as uint8 [per_class, (C,) H, W], rotated."""
+        return torch.rot90(self.images[self.source[c]], int(self.rotation[c]), dims=(-2, -1))

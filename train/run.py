@@ -1,0 +1,180 @@
+#!/usr/bin/env python
+"""matchnet's command line: train, evaluate, and record results.
+
+  python train/run.py train --config train/configs/omniglot_vinyals.toml [--device cuda] [--set key=value ...]
+  python train/run.py eval --checkpoint assets/omniglot-vinyals [--episodes 1000] [--write-docs]
+  python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
+
+Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from matchnet.checkpoint import CheckpointError, load_model  # noqa: E402
+from matchnet.data import DatasetNotFoundError, load_splits  # noqa: E402
+from matchnet.evaluate import COLUMNS, TEST_QUERY, evaluate_table  # noqa: E402
+from matchnet.results import write_results_md  # noqa: E402
+from matchnet.train import TrainConfig, resolve_device, train  # noqa: E402
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set wants key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value  # a bare string
+    return out
+
+
+def load_config(args) -> TrainConfig:
+    overrides = parse_sets(args.set)
+    if args.device:
+        overrides["device"] = args.device
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    return TrainConfig.from_toml(args.config, **overrides)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def cmd_train(args) -> None:
+    cfg = load_config(args)
+    summary = train(cfg, resume=not args.restart)
+    print(json.dumps(summary, indent=2))
+    if args.eval:
+        evaluate_checkpoint(Path(cfg.run_dir) / "best", cfg.dataset, cfg.split, cfg.data_root, cfg.device,
+                            args.episodes, args.seed, Path(cfg.run_dir) / "results.json", train_cfg=cfg)
+
+
+def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, device: str, episodes: int,
+                        seed: int, out: Path | None, train_cfg: TrainConfig | None = None) -> dict:
+    dev = resolve_device(device)
+    model = load_model(folder, dev)
+    splits = load_splits(dataset, split, data_root)
+    t = time.perf_counter()
+    accs = evaluate_table(model, splits["test"].to(dev), episodes=episodes, seed=seed)
+    result = {
+        "checkpoint": str(folder), "dataset": dataset, "split": split, "test_classes": splits["test"].num_classes,
+        "episodes": episodes, "seed": seed, "query_per_class": TEST_QUERY, "hardware": hardware(dev),
+        "eval_seconds": round(time.perf_counter() - t, 1), "model": model.config,
+        "accuracy": {f"{a.way}w{a.shot}s": {"mean": a.mean, "ci95": a.ci95} for a in accs},
+    }
+    if train_cfg is not None:
+        result["train_config"] = {k: v for k, v in vars(train_cfg).items()}
+    for a in accs:
+        print(a)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return result
+
+
+def cmd_eval(args) -> None:
+    folder = Path(args.checkpoint)
+    info = folder / "training.json"  # written beside shipped checkpoints: which data the model was trained on
+    meta = json.loads(info.read_text()) if info.is_file() else {}
+    dataset = args.dataset or meta.get("dataset", "omniglot")
+    split = args.split or meta.get("split", "vinyals")
+    out = Path(args.out) if args.out else folder / "results.json"
+    evaluate_checkpoint(folder, dataset, split, args.data_root or "data", args.device or "auto", args.episodes,
+                        args.seed, out)
+    if args.write_docs:
+        write_results_md(ROOT)
+
+
+def cmd_ablate_scale(args) -> None:
+    """Short runs with the config's recipe and different softmax scales; validation accuracy of each."""
+    base = load_config(args)
+    variants = {"paper (scale 1, fixed)": dict(scale=1.0, learn_scale=False),
+                "scale 10, fixed": dict(scale=10.0, learn_scale=False),
+                "scale 30, fixed": dict(scale=30.0, learn_scale=False),
+                "scale learned (from 10)": dict(scale=10.0, learn_scale=True)}
+    rows = []
+    splits = load_splits(base.dataset, base.split, base.data_root, base.download)
+    for label, change in variants.items():
+        cfg = TrainConfig.from_dict({**vars(base), **change, "steps": args.steps,
+                                     "val_every": args.steps, "val_episodes": args.val_episodes,
+                                     "name": f"ablate-{label}", "out_dir": str(Path(args.out_dir) / label.replace(' ', '_')),
+                                     "progress": False})
+        summary = train(cfg, splits=splits, resume=False)
+        log = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
+        rows.append({"variant": label, **change, "steps": args.steps, **{k: v for k, v in log[-1].items()
+                     if k.startswith("val_") or k == "scale"}, "seconds": round(summary["seconds"], 1)})
+        print(rows[-1], flush=True)
+    out = Path(args.out_dir) / "ablation_scale.json"
+    out.write_text(json.dumps({"recipe": vars(base), "val_episodes": args.val_episodes, "rows": rows,
+                               "hardware": hardware(resolve_device(base.device))}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train/run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, config=True):
+        if config:
+            p.add_argument("--config", required=True, help="a TOML file from train/configs/")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override one config option (repeatable), e.g. --set steps=100")
+        p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to run (default: auto)")
+        p.add_argument("--data-root", help="folder holding omniglot-py/ (default: the config's, or ./data)")
+
+    p = sub.add_parser("train", help="train a model from a config (resumes from runs/<name>/last.safetensors)")
+    common(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing resume point and start over")
+    p.add_argument("--eval", action="store_true", help="evaluate the best checkpoint on the test split after")
+    p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (with --eval)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test episodes (with --eval)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy ± 95%% CI on the test split for the paper's four columns")
+    common(p, config=False)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (config.json + model.safetensors)")
+    p.add_argument("--dataset", help="default: from the folder's training.json, else omniglot")
+    p.add_argument("--split", choices=["vinyals", "lake"], help="default: from training.json, else vinyals")
+    p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test episodes (default 0)")
+    p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json)")
+    p.add_argument("--write-docs", action="store_true", help="regenerate docs/RESULTS.md from every results.json")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ablate-scale", help="the softmax-scale (temperature) ablation on validation")
+    common(p)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--val-episodes", type=int, default=1000)
+    p.add_argument("--out-dir", default="runs/ablate-scale")
+    p.set_defaults(func=cmd_ablate_scale)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (DatasetNotFoundError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
