@@ -21,6 +21,7 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -256,7 +257,7 @@ def main() -> None:
     tta_cfg = replace(fast_config(device, 2 if q else args.tta_meta_batch, True, steps=30 if q else args.tta_steps),
                       way=60, shot=1, query=5, lr=2e-3, warmup_steps=0, val_tasks=[[5, 1], [20, 1]],
                       val_every=10 if q else 100, val_episodes=100 if q else 300, log_every=10 if q else 100,
-                      checkpoint_every=10 ** 6, out_dir=str(Path(args.out).with_suffix("")) + "_tta",
+                      checkpoint_every=10 ** 6, out_dir=tempfile.mkdtemp(prefix="matchnet_tta_"),
                       name="tta", progress=False)
     summary = train(tta_cfg, splits=splits, resume=False)
     log = [json.loads(x) for x in (tta_cfg.run_dir / "log.jsonl").read_text().splitlines()]
