@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 # Bumped whenever a change would make old checkpoints load into a different function.
@@ -100,12 +102,19 @@ class SupportSet:
     n_way: int
 
 
-class MatchingNetwork(nn.Module):
+class MatchingNetwork(
+    nn.Module, PyTorchModelHubMixin, library_name="matchnet", license="mit",
+    tags=["few-shot-learning", "one-shot-learning", "matching-networks", "omniglot"],
+    paper_url="https://arxiv.org/abs/1606.04080",
+):
     """ŷ = Σ_i a(x̂, x_i) y_i with a = softmax over scaled cosine similarity (eq. 1, section 2.1.1).
 
     temperature: the cosine is multiplied by `scale` before the softmax. The paper writes no scale (scale 1),
     which leaves the softmax nearly flat (cosines lie in [-1, 1]); learn_scale makes it a trained parameter
     starting at `scale`. The default, a fixed 30, won the ablation on validation (docs/RESULTS.md).
+
+    Hugging Face Hub: save_pretrained / from_pretrained / push_to_hub come from PyTorchModelHubMixin; the hooks
+    below route them through checkpoint.py (the folder format) and hub.py (name resolution, the model card).
     """
 
     def __init__(
@@ -135,6 +144,41 @@ class MatchingNetwork(nn.Module):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    # -- Hub mixin hooks. Imports are local: checkpoint.py and hub.py import this module.
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from .checkpoint import save_model  # config.json with matchnet_format, so the mixin writes no other
+
+        save_model(self, save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs) -> "MatchingNetwork":
+        """A Hub repo id, a local checkpoint folder or a shipped model's name (matchnet.hub.resolve).
+
+        map_location="cuda" puts the model on a device; the architecture always comes from config.json.
+        """
+        from .hub import resolve  # finds (downloads) the folder and checks config.json before the mixin reads it
+
+        folder = resolve(pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                         local_files_only=local_files_only, force_download=force_download)
+        return super().from_pretrained(folder, **model_kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu",
+                         **kwargs) -> "MatchingNetwork":
+        from .hub import load_folder
+
+        return load_folder(model_id, map_location, kwargs)
+
+    def generate_model_card(self, *args, **kwargs):
+        """The card (README.md) save_pretrained writes; pass results=/training= via model_card_kwargs."""
+        from .hub import model_card
+
+        return model_card(self, **kwargs)
 
     def use_channels_last(self) -> "MatchingNetwork":
         """NHWC convolutions (faster on tensor-core GPUs); inputs are converted in encode."""

@@ -4,6 +4,8 @@
   python train/run.py train --config train/configs/omniglot_vinyals.toml [--device cuda] [--set key=value ...]
   python train/run.py eval --checkpoint assets/omniglot-vinyals [--episodes 1000] [--write-docs]
   python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
+  python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
+  python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
 
 Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
 """
@@ -24,7 +26,8 @@ import torch  # noqa: E402
 
 from matchnet.checkpoint import CheckpointError, load_model  # noqa: E402
 from matchnet.data import DatasetNotFoundError, load_splits  # noqa: E402
-from matchnet.evaluate import COLUMNS, TEST_QUERY, evaluate_table  # noqa: E402
+from matchnet.evaluate import TEST_QUERY, evaluate_table  # noqa: E402
+from matchnet.hub import PublishError, check_repo_id, publish, stage  # noqa: E402
 from matchnet.results import write_results_md  # noqa: E402
 from matchnet.train import TrainConfig, resolve_device, train  # noqa: E402
 
@@ -128,6 +131,31 @@ def cmd_ablate_scale(args) -> None:
     print(f"wrote {out}")
 
 
+def cmd_publish(args) -> None:
+    """Upload a checkpoint folder to the Hub, or with --dry-run write what would be uploaded."""
+    check_repo_id(args.repo_id)
+    if args.dry_run:
+        files = stage(args.checkpoint, args.dry_run, args.repo_id)
+        print(f"dry run: would upload to {args.repo_id}" + (f" (branch {args.revision})" if args.revision else "")
+              + (" as a private repo" if args.private else "") + f"; the files are in {args.dry_run}:")
+        for f in files:
+            print(f"  {f.name:<20} {f.stat().st_size:>9,} bytes")
+        return
+    url = publish(args.checkpoint, args.repo_id, private=args.private, revision=args.revision)
+    print(f"published {args.checkpoint} to https://huggingface.co/{args.repo_id}\n  commit: {url}")
+
+
+def cmd_rebuild(args) -> None:
+    from train.rebuild import run  # the orchestration lives beside this file
+
+    try:
+        run(ROOT, device=args.device or "auto", data_root=args.data_root, push_to=args.push_to,
+            private=args.private, only=args.only, restart=args.restart, episodes=args.episodes,
+            plan_only=args.plan, evaluate=evaluate_checkpoint, hardware=hardware)
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: run the same command again to resume where it stopped")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train/run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,10 +195,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="runs/ablate-scale")
     p.set_defaults(func=cmd_ablate_scale)
 
+    p = sub.add_parser("publish", help="upload a checkpoint folder (config, weights, card, results, log) to the Hub")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder, e.g. assets/omniglot-vinyals")
+    p.add_argument("--repo-id", required=True, help="USER/NAME on huggingface.co (created if absent)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="a branch to commit to (created if absent; default main)")
+    p.add_argument("--dry-run", metavar="OUTDIR", help="write the files that would be uploaded to OUTDIR instead")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("rebuild", help="retrain, evaluate and re-ship every shipped model (resumable)")
+    common(p, config=False)
+    p.add_argument("--push-to", metavar="USER[/PREFIX]", help="also publish each, to USER/PREFIX-<name>")
+    p.add_argument("--private", action="store_true", help="with --push-to: create the repos private")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="rebuild only this model (repeatable)")
+    p.add_argument("--restart", action="store_true", help="forget resume points and finished steps")
+    p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
+    p.add_argument("--plan", action="store_true", help="print the plan and stop")
+    p.set_defaults(func=cmd_rebuild)
+
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (DatasetNotFoundError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (DatasetNotFoundError, CheckpointError, PublishError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
