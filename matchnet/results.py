@@ -41,6 +41,9 @@ def write_results_md(root: Path) -> Path:
         parts.append(f"- `{Path(r['checkpoint']).name}`: {r['episodes']} test episodes per column, seed {r['seed']}, "
                      f"{r['query_per_class']} queries per class, {r['test_classes']} test classes, "
                      f"evaluated on {r['hardware']}.")
+    # Other tables (the paper's baselines, the language task) write their own generated sections here.
+    for section in sorted((root / "docs" / "results").glob("*.md")):
+        parts += ["", section.read_text().strip()]
     if notes.is_file():
         parts += ["", notes.read_text().strip()]
     out = root / "docs" / "RESULTS.md"

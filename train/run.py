@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "train"))  # the table_<task>.py modules
 
 import torch  # noqa: E402
 
@@ -156,6 +157,14 @@ def cmd_rebuild(args) -> None:
         sys.exit("\ninterrupted: run the same command again to resume where it stopped")
 
 
+def cmd_table(args) -> None:
+    """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
+    import importlib
+
+    importlib.import_module(f"table_{args.task}").main(args)
+    write_results_md(ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train/run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
+    p.add_argument("task", choices=["omniglot", "ptb"], help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
+    p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
+    p.set_defaults(func=cmd_table)
 
     args = parser.parse_args(argv)
     try:
