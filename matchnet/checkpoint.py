@@ -35,16 +35,24 @@ def save_model(model: MatchingNetwork, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def read_config(folder: str | os.PathLike) -> dict[str, Any]:
-    path = Path(folder) / CONFIG
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object beside a checkpoint, or None if the file is absent; CheckpointError if it is not one."""
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a matchnet checkpoint folder holds {CONFIG} and {WEIGHTS}")
+        return None
     try:
-        config = json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
+    if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
+    return value
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / CONFIG
+    config = read_json(path)
+    if config is None:
+        raise CheckpointError(f"{path}: missing; a matchnet checkpoint folder holds {CONFIG} and {WEIGHTS}")
     return config
 
 

@@ -25,7 +25,7 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
 from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
-from .checkpoint import CONFIG, WEIGHTS, CheckpointError, load_model, model_kwargs, read_config
+from .checkpoint import CONFIG, WEIGHTS, CheckpointError, load_model, model_kwargs, read_config, read_json
 from .model import MatchingNetwork
 from .results import KEYS, results_table
 
@@ -185,19 +185,6 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None, cach
 
 
 # -- the model card --------------------------------------------------------------------------------------------
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object beside a checkpoint, or None if the file is absent."""
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return value
-
 
 def model_card(model: MatchingNetwork, *, results: dict | None = None, training: dict | None = None,
                repo_id: str | None = None, name: str | None = None, files: list[str] | None = None,
