@@ -1,0 +1,369 @@
+"""Inference for the demo, without gradio: read any image, turn it into an Omniglot-like 28x28 input, and
+classify queries against a support set that is embedded once.
+
+Preprocessing rebuilds what a drawing would look like as an Omniglot page (105x105, the character at
+Omniglot's median size and position, strokes at Omniglot's median width) and then shrinks it exactly as
+training did (PIL LANCZOS to 28x28, ink = 1). The constants below were measured on 800 Omniglot drawings
+(python tests/test_preprocess.py --stats); docs/APP.md gives the accuracy this buys on distorted inputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .model import MatchingNetwork, SupportSet
+
+IMAGE_SIZE = 28
+PAGE = 105  # Omniglot's canvas
+CHAR_SIDE = 64  # median long side of a character's bounding box on the 105-px page
+CENTER = 50.0  # median centre of that box (x and y agree to within half a pixel)
+STROKE_RADIUS = 2.5  # strokes are redrawn as the skeleton dilated by this disk: Omniglot's ~5.6 px width
+MAX_PIXELS = 60_000_000  # refused before decoding: bigger images cost seconds and gigabytes for nothing
+MAX_BYTES = 32 * 1024 * 1024
+WORK_SIDE = 512  # larger images are box-downscaled first; the 105-px page needs no more detail
+MIN_CONTRAST = 0.15  # darkest ink vs paper, as a fraction of full scale; below this the image is blank
+INK_LEVEL = 0.5  # fraction of the strongest ink that counts as ink (chosen on distorted Omniglot, docs/APP.md)
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+class InputError(ValueError):
+    """Bad user input; the message is meant to be shown to the user as is."""
+
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "omniglot-vinyals"
+
+
+def load_checkpoint(name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT, device: str = "cpu") -> MatchingNetwork:
+    """The one place the demo loads weights: a shipped name, a folder, or a Hub repo id (matchnet.load)."""
+    from .hub import load
+
+    return load(name_or_path, device)
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Decode an upload, a path, an array or a PIL image; refuse non-images, corrupt files and giants."""
+    if isinstance(source, Image.Image):
+        return _normalise_mode(source)
+    if isinstance(source, np.ndarray):
+        return _normalise_mode(_from_array(source))
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{path.name}: no such file")
+        if path.stat().st_size > MAX_BYTES:
+            raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
+        data, name = path.read_bytes(), path.name
+    elif isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), "image"
+    else:
+        raise InputError(f"cannot read an image from {type(source).__name__}")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise InputError(f"{name}: far more than {MAX_PIXELS / 1e6:.0f} megapixels; refused") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise InputError(f"{name}: not an image (PNG, JPEG, GIF, BMP, WebP or TIFF expected)") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}")
+    if img.format == "JPEG":
+        img.draft("RGB" if img.mode != "L" else "L", (WORK_SIDE, WORK_SIDE))  # decode at 1/2..1/8 scale: fast
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        raise InputError(f"{name}: corrupt or truncated image") from None
+    return _normalise_mode(img)
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or min(a.shape[:2]) == 0:
+        raise InputError(f"an image array must be HxW, HxWx3 or HxWx4, not {a.shape}")
+    if a.dtype == np.uint16:
+        a = (a // 257).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        a = np.clip(a * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    """One of L, RGBA, or F (high bit depth scaled to [0, 255]), downscaled to at most WORK_SIDE."""
+    factor = -(-max(img.size) // WORK_SIDE)  # ceil
+    if factor > 1 and img.mode in ("L", "RGB") and "transparency" not in img.info:  # shrink first: 4x faster
+        img, factor = img.reduce(factor), 1
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.float32), mode="F")
+    elif img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    elif img.mode != "L":
+        try:
+            img = img.convert("L")
+        except ValueError:  # modes PIL cannot take straight to grey (HSV, LAB, ...)
+            img = img.convert("RGB").convert("L")
+    if factor > 1:
+        img = img.reduce(factor)  # box filter: keeps thin strokes as grey instead of dropping them
+    return img
+
+
+def ink_map(img: Image.Image) -> np.ndarray:
+    """Ink strength in [0, 1] (1 = darkest ink), whatever the polarity; zeros for a blank image."""
+    if img.mode == "RGBA":
+        rgba = np.asarray(img, dtype=np.float32) / 255.0
+        alpha = rgba[..., 3]
+        lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        gray = lum * alpha + (1.0 - alpha)  # composited on white paper
+        if np.ptp(gray) < MIN_CONTRAST and np.ptp(alpha) >= MIN_CONTRAST:
+            gray = 1.0 - alpha  # light strokes on a transparent sheet: the alpha channel is the drawing
+    else:
+        gray = np.asarray(img, dtype=np.float32) / 255.0
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    paper = float(np.median(border))
+    ink = (paper - gray) if paper >= 0.5 else (gray - paper)  # dark ink on light paper, or the reverse
+    ink = np.clip(ink, 0.0, None)
+    top = float(ink.max())
+    if top < MIN_CONTRAST:
+        return np.zeros_like(ink)
+    return ink / top
+
+
+# --------------------------------------------------------------------------------------- preprocessing
+
+def preprocess(source: ImageSource, normalise_stroke: bool = True) -> np.ndarray:
+    """Any image of one character -> float32 [28, 28], ink = 1, like the training images."""
+    return preprocess_ink(ink_map(open_image(source)), normalise_stroke)
+
+
+def preprocess_ink(ink: np.ndarray, normalise_stroke: bool = True) -> np.ndarray:
+    mask = ink >= INK_LEVEL
+    if mask.sum() < 2:
+        raise InputError("blank image: draw or upload a character")
+    ys, xs = np.nonzero(mask)
+    crop = ink[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    page = place_on_page(crop)
+    if normalise_stroke:
+        page = redraw_strokes(page)
+    return shrink_page(page)
+
+
+def place_on_page(crop: np.ndarray) -> np.ndarray:
+    """Scale the cropped ink so its long side is CHAR_SIDE and centre it on a PAGE x PAGE binary page."""
+    h, w = crop.shape
+    scale = CHAR_SIDE / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((nw, nh), Image.BOX))
+    # Shrinking averages thin strokes down to faint grey: keep any real coverage, the redraw restores width.
+    level = INK_LEVEL if scale >= 1 else INK_LEVEL * min(1.0, scale * 3)
+    mask = small >= level
+    if not mask.any():  # hairlines on a huge canvas: any coverage at all is the drawing
+        mask = small > 0
+    page = np.zeros((PAGE, PAGE), bool)
+    top, left = round(CENTER - (nh - 1) / 2), round(CENTER - (nw - 1) / 2)
+    page[top:top + nh, left:left + nw] = mask
+    return page
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary drawing: 2 * area / boundary length (exact for long uniform strokes)."""
+    p = np.pad(mask, 1)
+    interior = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    boundary = int(mask.sum() - interior.sum())
+    return 2.0 * mask.sum() / max(boundary, 1)
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning to a one-pixel skeleton (vectorised; a few ms on a 105-px page)."""
+    img = np.pad(mask, 1).astype(np.uint8)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = [img[0:-2, 1:-1], img[0:-2, 2:], img[1:-1, 2:], img[2:, 2:],  # P2..P9, clockwise from north
+                 img[2:, 1:-1], img[2:, 0:-2], img[1:-1, 0:-2], img[0:-2, 0:-2]]
+            neighbours = sum(p)
+            transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)).astype(np.uint8) for i in range(8))
+            if step == 0:
+                cond = (p[0] * p[2] * p[4] == 0) & (p[2] * p[4] * p[6] == 0)
+            else:
+                cond = (p[0] * p[2] * p[6] == 0) & (p[0] * p[4] * p[6] == 0)
+            remove = (img[1:-1, 1:-1] == 1) & (neighbours >= 2) & (neighbours <= 6) & (transitions == 1) & cond
+            if remove.any():
+                img[1:-1, 1:-1][remove] = 0
+                changed = True
+        if not changed:
+            return img[1:-1, 1:-1].astype(bool)
+
+
+def redraw_strokes(mask: np.ndarray, radius: float | None = None) -> np.ndarray:
+    """Skeletonise, then dilate with a disk: every input ends up with Omniglot's stroke width."""
+    radius = STROKE_RADIUS if radius is None else radius
+    skeleton = thin(mask)
+    r = int(np.ceil(radius))
+    out = np.zeros_like(skeleton)
+    padded = np.pad(skeleton, r)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx <= radius * radius:
+                out |= padded[r + dy:r + dy + mask.shape[0], r + dx:r + dx + mask.shape[1]]
+    return out
+
+
+def shrink_page(page: np.ndarray) -> np.ndarray:
+    """The training pipeline (matchnet.data.omniglot._to_array): black-on-white page, LANCZOS to 28, invert."""
+    img = Image.fromarray(np.where(page, 0, 255).astype(np.uint8), mode="L")
+    small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return (255.0 - np.asarray(small, dtype=np.float32)) / 255.0
+
+
+def clean_omniglot(source: ImageSource) -> np.ndarray:
+    """An Omniglot PNG exactly as training saw it (for comparisons): LANCZOS 105 -> 28, ink = 1."""
+    img = open_image(source)
+    gray = np.asarray(img.convert("L") if img.mode != "F" else img, dtype=np.float32)
+    small = Image.fromarray(gray.astype(np.uint8), mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return (255.0 - np.asarray(small, dtype=np.float32)) / 255.0
+
+
+def to_display(x: np.ndarray, scale: int = 3) -> np.ndarray:
+    """A model input [28, 28] (ink = 1) as a dark-on-white uint8 thumbnail, pixel-exact (nearest upscale)."""
+    img = (255 - np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return np.kron(img, np.ones((scale, scale), np.uint8))
+
+
+# ----------------------------------------------------------------------------------------- classifying
+
+@dataclass
+class Result:
+    """Class probabilities and attention of Q queries over S support examples."""
+
+    classes: list[str]  # N names, in label order
+    support_labels: list[str]  # S names, one per support example
+    probs: np.ndarray  # [Q, N]
+    attention: np.ndarray  # [Q, S], rows sum to 1
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.classes[i] for i in self.probs.argmax(1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": self.predicted,
+            "classes": self.classes,
+            "probabilities": [[round(float(p), 6) for p in row] for row in self.probs],
+            "support_labels": self.support_labels,
+            "attention": [[round(float(a), 6) for a in row] for row in self.attention],
+        }
+
+
+def class_order(labels: Sequence[str]) -> list[str]:
+    """Distinct labels in order of first appearance."""
+    return list(dict.fromkeys(labels))
+
+
+def check_support(labels: Sequence[str], classes: Sequence[str] | None = None) -> list[str]:
+    """The class list for these support labels, or an InputError saying what is wrong."""
+    classes = class_order(labels) if classes is None else list(classes)
+    if any(not str(c).strip() for c in classes):
+        raise InputError("every class needs a name")
+    seen: set[str] = set()
+    for c in classes:
+        if c in seen:
+            raise InputError(f"class names must be distinct: '{c}' appears twice")
+        seen.add(c)
+    if len(classes) < 2:
+        raise InputError(f"at least 2 classes are needed, got {len(classes)}")
+    missing = [c for c in classes if c not in set(labels)]
+    if missing:
+        raise InputError(f"class '{missing[0]}' has no example: draw or upload at least one")
+    return classes
+
+
+def fingerprint(images: np.ndarray, labels: Sequence[str], model_key: str) -> str:
+    h = hashlib.sha1(model_key.encode())
+    h.update(np.ascontiguousarray(images, np.float32).tobytes())
+    h.update("\x00".join(labels).encode())
+    return h.hexdigest()
+
+
+class EmbeddedSupport:
+    """A support set embedded once by one model; classify() then costs one forward pass over the queries."""
+
+    def __init__(self, model: MatchingNetwork, images: np.ndarray, labels: Sequence[str],
+                 classes: Sequence[str] | None = None, model_key: str = ""):
+        self.classes = check_support(labels, classes)
+        self.labels = list(labels)
+        self.key = fingerprint(images, self.labels, model_key)
+        index = {c: i for i, c in enumerate(self.classes)}
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).view(1, -1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        y = torch.tensor([[index[c] for c in self.labels]])
+        self.model = model
+        with torch.inference_mode():
+            self.support: SupportSet = model.embed_support(x, y, len(self.classes))
+
+    def classify(self, queries: np.ndarray) -> Result:
+        x = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).view(1, -1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        with torch.inference_mode():
+            log_probs, attention = self.model.classify(self.support, x)
+        return Result(self.classes, self.labels, log_probs[0].exp().numpy(), attention[0].numpy())
+
+
+class SupportCache:
+    """Per-session cache: the embedded support of each model, rebuilt only when images or labels change."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, EmbeddedSupport] = {}
+        self.hits = self.misses = 0
+
+    def get(self, model_key: str, model: MatchingNetwork, images: np.ndarray, labels: Sequence[str],
+            classes: Sequence[str] | None = None) -> EmbeddedSupport:
+        entry = self.entries.get(model_key)
+        if entry is not None and entry.key == fingerprint(images, labels, model_key) and (
+                classes is None or list(classes) == entry.classes):
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = EmbeddedSupport(model, images, labels, classes, model_key)
+        self.entries[model_key] = entry
+        return entry
+
+
+# --------------------------------------------------------------------------------------------- examples
+
+def list_examples(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """assets/examples/omniglot/<Alphabet>/<characterNN>/*.png -> {"Alphabet/characterNN": [paths]}."""
+    out: dict[str, list[Path]] = {}
+    for png in sorted(Path(folder).glob("*/character*/*.png")):
+        out.setdefault(f"{png.parent.parent.name}/{png.parent.name}", []).append(png)
+    return out
+
+
+def random_episode(examples: dict[str, list[Path]], n_way: int, k_shot: int, queries: int,
+                   rng: random.Random) -> tuple[list[str], list[list[Path]], list[tuple[int, Path]]]:
+    """(character names, k support paths per class, (class index, path) queries), all distinct drawings."""
+    usable = [c for c, paths in examples.items() if len(paths) > k_shot]
+    if len(usable) < n_way:
+        raise InputError(f"only {len(usable)} example characters have more than {k_shot} drawings")
+    chars = rng.sample(usable, n_way)
+    support, pool = [], []
+    for i, c in enumerate(chars):
+        drawings = rng.sample(examples[c], len(examples[c]))
+        support.append(drawings[:k_shot])
+        pool += [(i, p) for p in drawings[k_shot:]]
+    return chars, support, rng.sample(pool, min(queries, len(pool)))
