@@ -2,6 +2,8 @@
 
 Shapes: every public method takes a batch of E episodes. An episode has S support examples with labels in
 [0, N) and Q queries. Images are float tensors [E, S|Q, C, H, W] scaled to [0, 1] (Omniglot: ink = 1).
+MatchingClassifier is the model over any encoder (sentences: matchnet.language); MatchingNetwork is the
+image model, MatchingClassifier over Conv-4, and the class that checkpoints and the Hub load.
 """
 from __future__ import annotations
 
@@ -102,17 +104,82 @@ class SupportSet:
     n_way: int
 
 
-class MatchingNetwork(
-    nn.Module, PyTorchModelHubMixin, library_name="matchnet", license="mit",
-    tags=["few-shot-learning", "one-shot-learning", "matching-networks", "omniglot"],
-    paper_url="https://arxiv.org/abs/1606.04080",
-):
-    """ŷ = Σ_i a(x̂, x_i) y_i with a = softmax over scaled cosine similarity (eq. 1, section 2.1.1).
+class MatchingClassifier(nn.Module):
+    """ŷ = Σ_i a(x̂, x_i) y_i, a = softmax over scaled cosine similarity (eq. 1, section 2.1.1), any encoder.
+
+    encoder: the shared embedding f' = g', a module mapping a batch of inputs [B, ...] to [B, d], with an
+    `out_dim` attribute (d). MatchingNetwork below plugs in Conv-4 for images; matchnet.language plugs in a
+    sentence encoder. Everything after the encoder (FCE, the attention, eq. 1) is this class, for every task.
 
     temperature: the cosine is multiplied by `scale` before the softmax. The paper writes no scale (scale 1),
     which leaves the softmax nearly flat (cosines lie in [-1, 1]); learn_scale makes it a trained parameter
     starting at `scale`. The default, a fixed 30, won the ablation on validation (docs/RESULTS.md).
+    """
 
+    def __init__(self, encoder: nn.Module, fce: bool = False, fce_steps: int = 5, scale: float = 30.0,
+                 learn_scale: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        dim = encoder.out_dim
+        self.fce = fce
+        self.support_lstm = SupportLSTM(dim) if fce else None
+        self.query_lstm = AttentionLSTM(dim, fce_steps) if fce else None
+        log_scale = torch.tensor(math.log(scale))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp()
+
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """f' = g' (the shared encoder): [E, M, ...] -> [E, M, d]."""
+        e, m = inputs.shape[:2]
+        return self.encoder(inputs.flatten(0, 1)).view(e, m, -1).float()
+
+    def embed_support(self, images: torch.Tensor, labels: torch.Tensor, n_way: int | None = None,
+                      features: torch.Tensor | None = None) -> SupportSet:
+        """Embed a support set once. images [E, S, C, H, W] (or precomputed g' `features` [E, S, d])."""
+        g = self.encode(images) if features is None else features
+        if self.fce:
+            g = self.support_lstm(g)
+        n_way = int(labels.max()) + 1 if n_way is None else n_way
+        return SupportSet(g, F.normalize(g, dim=-1), labels, n_way)
+
+    def classify(self, support: SupportSet, images: torch.Tensor | None = None,
+                 features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classify queries [E, Q, C, H, W] against an embedded support set.
+
+        Returns (log-probabilities [E, Q, N], attention a(x̂, x_i) [E, Q, S]; rows sum to 1).
+        """
+        f = self.encode(images) if features is None else features
+        if self.fce:
+            f = self.query_lstm(f, support.embeddings)
+        cosine = F.normalize(f, dim=-1) @ support.normalized.transpose(1, 2)  # [E, Q, S]
+        log_attention = torch.log_softmax(self.scale * cosine, dim=-1)
+        log_probs = class_log_probs(log_attention, support.labels, support.n_way)
+        return log_probs, log_attention.exp()
+
+    def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor,
+                n_way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both steps at once for training: (log-probabilities [E, Q, N], attention [E, Q, S])."""
+        e, s = support_images.shape[:2]
+        # One encoder pass over support and queries together: BatchNorm sees the whole episode batch.
+        features = self.encode(torch.cat([support_images, query_images], dim=1))
+        support = self.embed_support(None, support_labels, n_way, features=features[:, :s])
+        return self.classify(support, features=features[:, s:])
+
+
+class MatchingNetwork(
+    MatchingClassifier, PyTorchModelHubMixin, library_name="matchnet", license="mit",
+    tags=["few-shot-learning", "one-shot-learning", "matching-networks", "omniglot"],
+    paper_url="https://arxiv.org/abs/1606.04080",
+):
+    """The image model: MatchingClassifier over the paper's Conv-4. Images are [E, S|Q, C, H, W] in [0, 1].
+
+    The constructor's arguments are exactly the keys of a checkpoint's config.json (checkpoint.model_kwargs).
     Hugging Face Hub: save_pretrained / from_pretrained / push_to_hub come from PyTorchModelHubMixin; the hooks
     below route them through checkpoint.py (the folder format) and hub.py (name resolution, the model card).
     """
@@ -128,22 +195,12 @@ class MatchingNetwork(
         scale: float = 30.0,
         learn_scale: bool = False,
     ):
-        super().__init__()
+        super().__init__(Conv4(in_channels, hidden, layers, image_size), fce, fce_steps, scale, learn_scale)
         self.config = dict(
             in_channels=in_channels, image_size=image_size, hidden=hidden, layers=layers,
             fce=fce, fce_steps=fce_steps, scale=scale, learn_scale=learn_scale,
         )
-        self.encoder = Conv4(in_channels, hidden, layers, image_size)
-        dim = self.encoder.out_dim
-        self.fce = fce
         self.channels_last = False
-        self.support_lstm = SupportLSTM(dim) if fce else None
-        self.query_lstm = AttentionLSTM(dim, fce_steps) if fce else None
-        log_scale = torch.tensor(math.log(scale))
-        if learn_scale:
-            self.log_scale = nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
 
     # -- Hub mixin hooks. Imports are local: checkpoint.py and hub.py import this module.
 
@@ -185,10 +242,6 @@ class MatchingNetwork(
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    @property
-    def scale(self) -> torch.Tensor:
-        return self.log_scale.exp()
-
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """f' = g' (shared Conv-4): [E, M, C, H, W] -> [E, M, d]."""
         e, m = images.shape[:2]
@@ -196,38 +249,6 @@ class MatchingNetwork(
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(x).view(e, m, -1).float()
-
-    def embed_support(self, images: torch.Tensor, labels: torch.Tensor, n_way: int | None = None,
-                      features: torch.Tensor | None = None) -> SupportSet:
-        """Embed a support set once. images [E, S, C, H, W] (or precomputed g' `features` [E, S, d])."""
-        g = self.encode(images) if features is None else features
-        if self.fce:
-            g = self.support_lstm(g)
-        n_way = int(labels.max()) + 1 if n_way is None else n_way
-        return SupportSet(g, F.normalize(g, dim=-1), labels, n_way)
-
-    def classify(self, support: SupportSet, images: torch.Tensor | None = None,
-                 features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classify queries [E, Q, C, H, W] against an embedded support set.
-
-        Returns (log-probabilities [E, Q, N], attention a(x̂, x_i) [E, Q, S]; rows sum to 1).
-        """
-        f = self.encode(images) if features is None else features
-        if self.fce:
-            f = self.query_lstm(f, support.embeddings)
-        cosine = F.normalize(f, dim=-1) @ support.normalized.transpose(1, 2)  # [E, Q, S]
-        log_attention = torch.log_softmax(self.scale * cosine, dim=-1)
-        log_probs = class_log_probs(log_attention, support.labels, support.n_way)
-        return log_probs, log_attention.exp()
-
-    def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor,
-                n_way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both steps at once for training: (log-probabilities [E, Q, N], attention [E, Q, S])."""
-        e, s = support_images.shape[:2]
-        # One encoder pass over support and queries together: BatchNorm sees the whole episode batch.
-        features = self.encode(torch.cat([support_images, query_images], dim=1))
-        support = self.embed_support(None, support_labels, n_way, features=features[:, :s])
-        return self.classify(support, features=features[:, s:])
 
 
 def class_log_probs(log_attention: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
