@@ -648,7 +648,9 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, **
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Matching Networks demo (gradio)")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; an explicit server_name would override it.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="0.0.0.0 to serve other machines (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="default: 7860, or the next free port")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
