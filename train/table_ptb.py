@@ -20,12 +20,11 @@ from matchnet.evaluate import Accuracy
 from matchnet.language.episodes import build_pool
 from matchnet.language.oracle import LMConfig, load_lm, oracle_predictor, perplexity, stream, train_lm
 from matchnet.language.train import SentenceConfig, evaluate, load, train
-from matchnet.language.vocab import EOS, PTB, WordSplit, find_ptb, load_ptb, parse_lrand, split_words
+from matchnet.language.vocab import EOS, PTB, WordSplit, find_ptb, held_out_words, load_ptb, split_words
 from matchnet.train import resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"  # where this project's data and paper live beside the checkout
-PAPER = SHARED / "paper" / "matching-networks-vinyals-2016.md"
 RUNS = ROOT / "runs" / "ptb"
 OUT = ROOT / "docs" / "results" / "ptb.md"
 # The table's Matching Nets rows, in order: (config, label). The first is the paper-style simple encoder.
@@ -59,7 +58,7 @@ def hardware(device: torch.device) -> str:
 
 def data(data_root: str) -> tuple[PTB, WordSplit, dict]:
     ptb = load_ptb(find_ptb(data_root, SHARED / "data"))
-    split = split_words(ptb.vocab, parse_lrand(PAPER))
+    split = split_words(ptb.vocab, held_out_words())
     pools = {
         "train": build_pool(ptb.train, split.train, MIN_SENTENCES),
         "valid": build_pool(ptb.valid, split.valid, MIN_SENTENCES),
@@ -197,7 +196,8 @@ def render(info: dict, rows: list[dict], oracle_result: dict, lm: dict) -> str:
         "",
         "How these were measured:",
         "",
-        f"- Words: the paper's held-out list (appendix D, L_rand) parsed from the paper's text gives "
+        "- Words: the paper's held-out list (appendix D, L_rand) parsed from the paper's text (shipped as "
+        f"`matchnet/language/lrand.json`) gives "
         f"{rep['lrand_listed']} distinct words, of which {rep['matched']} match the PTB vocabulary "
         f"({len(rep['corrected'])} of them after fixing a misprint: "
         + ", ".join(f"{k} → {v}" for k, v in rep["corrected"].items())

@@ -11,7 +11,7 @@ oracle.py    the LSTM language-model oracle (Zaremba et al. 2014)
 from .encoder import SentenceEncoder
 from .episodes import SentencePool, build_pool, evaluation_episodes
 from .oracle import LSTMLanguageModel, oracle_predictor
-from .vocab import PTB, Vocabulary, load_ptb, parse_lrand, split_words
+from .vocab import PTB, Vocabulary, held_out_words, load_ptb, parse_lrand, split_words
 
 __all__ = ["LSTMLanguageModel", "PTB", "SentenceEncoder", "SentencePool", "Vocabulary", "build_pool",
-           "evaluation_episodes", "load_ptb", "oracle_predictor", "parse_lrand", "split_words"]
+           "evaluation_episodes", "held_out_words", "load_ptb", "oracle_predictor", "parse_lrand", "split_words"]

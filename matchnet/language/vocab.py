@@ -5,6 +5,7 @@ word types counting `<eos>` (rare words are `<unk>`, numbers are `N`). A sentenc
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -92,6 +93,13 @@ def load_ptb(folder: str | Path) -> PTB:
 # Three entries of the paper's list are not PTB words as printed. Two are unambiguous misprints of a vocabulary
 # word; "debentur" is cut off at a page break (debenture or debentures?) and stays unmatched.
 LRAND_FIXES = {"burnah": "burmah", "torontobased": "toronto-based"}
+# parse_lrand(paper) saved with the package, so the PTB task needs no copy of the paper (tests check they agree).
+LRAND_FILE = Path(__file__).with_name("lrand.json")
+
+
+def held_out_words() -> list[str]:
+    """Appendix D's L_rand as printed in the paper (968 distinct words), from the list shipped with matchnet."""
+    return json.loads(LRAND_FILE.read_text(encoding="utf-8"))["words"]
 
 
 def parse_lrand(paper: str | Path) -> list[str]:
