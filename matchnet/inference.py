@@ -13,14 +13,16 @@ import io
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
+from .data.fewshot import FewShotSplit
 from .model import MatchingNetwork, SupportSet
 
 IMAGE_SIZE = 28
@@ -231,6 +233,21 @@ def shrink_page(page: np.ndarray) -> np.ndarray:
     img = Image.fromarray(np.where(page, 0, 255).astype(np.uint8), mode="L")
     small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
     return (255.0 - np.asarray(small, dtype=np.float32)) / 255.0
+
+
+def preprocess_split(split: FewShotSplit, normalise_stroke: bool = True) -> FewShotSplit:
+    """Every image of a split (uint8, ink = 255) through the app's preprocessing, as if each had been drawn
+    or uploaded: how other character sets (MNIST) look to the demo. Images with no ink are kept as they are."""
+    images = split.images.cpu().numpy()
+    out = np.empty_like(images)
+    flat, flat_out = images.reshape(-1, *images.shape[-2:]), out.reshape(-1, *images.shape[-2:])
+    for i in tqdm(range(len(flat)), desc="app preprocessing", mininterval=2.0, leave=False):
+        try:
+            x = preprocess_ink(flat[i].astype(np.float32) / 255.0, normalise_stroke)
+        except InputError:
+            x = flat[i].astype(np.float32) / 255.0
+        flat_out[i] = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+    return replace(split, images=torch.from_numpy(out).to(split.images.device))
 
 
 def clean_omniglot(source: ImageSource) -> np.ndarray:

@@ -164,6 +164,27 @@ def test_stroke_width_is_normalised(examples):
         assert 4.0 < after < 7.5, widths  # Omniglot's median is 5.6 px on the 105-px page
 
 
+def test_preprocess_split_treats_every_image_as_a_drawing():
+    """MNIST-style images (thick, off-centre, ink = 255) come out as the app's preprocess makes them; a blank
+    image is kept as it is rather than failing the whole split."""
+    from matchnet.data.fewshot import FewShotSplit
+
+    images = np.zeros((2, 2, 28, 28), np.uint8)
+    images[0, 0, 2:12, 2:8] = 255  # a thick bar in a corner
+    images[0, 1, 15:26, 18:21] = 200
+    images[1, 0, 5:9, 4:24] = 255
+    split = FewShotSplit(torch.from_numpy(images), torch.arange(2), torch.zeros(2, dtype=torch.long), ["a", "b"])
+    out = inf.preprocess_split(split)
+    assert out.images.shape == split.images.shape and out.images.dtype == torch.uint8
+    assert out.names == ["a", "b"] and torch.equal(out.source, split.source)
+    for s, d in [(0, 0), (0, 1), (1, 0)]:
+        expected = inf.preprocess_ink(images[s, d].astype(np.float32) / 255.0)
+        assert np.abs(out.images[s, d].numpy() / 255.0 - expected).max() <= 0.5 / 255 + 1e-6
+        ys, xs = np.nonzero(out.images[s, d].numpy() > 127)
+        assert abs(ys.mean() - 13.5) < 2.5 and abs(xs.mean() - 13.5) < 2.5  # moved to the page's centre
+    assert torch.equal(out.images[1, 1], split.images[1, 1])  # blank: unchanged
+
+
 # --------------------------------------------------------------------------------------- robustness
 
 def distort(path: Path, rng: random.Random) -> np.ndarray:

@@ -52,7 +52,12 @@ How the rows are built (code: `matchnet/baselines/`, configs: `train/configs/bas
   MNIST stores white ink on black, the convention used here for Omniglot (ink = 255), so no inversion;
   no rescaling or recentring either (both 28×28; MNIST digits are taller, 19.6 vs 14.6 px of inked rows
   on average, and carry more ink, 13% vs 9% of pixels above half intensity). These choices were made
-  before measuring and not tuned: MNIST has no validation set here.
+  before measuring and not tuned: MNIST has no validation set here. The rows *through the app's
+  preprocessing* feed the same models every MNIST image as the demo treats a drawing
+  (`matchnet.inference.preprocess_split`: crop to the ink, scale and centre it as Omniglot characters
+  sit on their page, redraw the strokes at Omniglot's width, shrink to 28×28); that preprocessing was
+  designed and tuned on Omniglot only (docs/APP.md), and these rows were decided on before their numbers
+  were seen; they are reported as measured.
 
 Where our numbers are far from the paper's:
 
