@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REAL_ZIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot" / "omniglot-py"
@@ -21,6 +22,22 @@ def glyph(rng: np.random.Generator, strokes: np.ndarray, size: int = 105, jitter
             y = int(np.clip((y0 + t * (y1 - y0)) * size + shift[1], 3, size - 4))
             img[y - 3:y + 4, x - 3:x + 4] = False
     return Image.fromarray(img)  # mode "1", as the real PNGs
+
+
+def synthetic_glyphs(classes: int, seed: int = 0, drawings: int = 20) -> torch.Tensor:
+    """uint8 [classes, drawings, 28, 28], ink = 255: each class three random strokes, each drawing shifted."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((classes, drawings, 28, 28), dtype=np.uint8)
+    for c in range(classes):
+        strokes = rng.uniform(5, 22, size=(3, 4))
+        for d in range(drawings):
+            dx, dy = rng.integers(-2, 3, size=2)
+            for x0, y0, x1, y1 in strokes:
+                for t in np.linspace(0, 1, 30):
+                    x = int(np.clip(x0 + t * (x1 - x0) + dx, 1, 26))
+                    y = int(np.clip(y0 + t * (y1 - y0) + dy, 1, 26))
+                    images[c, d, y - 1:y + 1, x - 1:x + 1] = 255
+    return torch.from_numpy(images)
 
 
 def make_tree(root: Path, alphabets: int = 2, characters: int = 3, seed: int = 0) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,24 +23,15 @@ from matchnet.episodes import evaluation_episodes
 from matchnet.evaluate import evaluate
 from matchnet.model import Conv4
 
+from conftest import synthetic_glyphs
+
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def glyphs() -> dict[str, FewShotSplit]:
     """24 synthetic 28x28 characters (a few thick strokes each, every drawing shifted a little), 20 drawings."""
-    rng = np.random.default_rng(0)
-    images = np.zeros((24, 20, 28, 28), dtype=np.uint8)
-    for c in range(24):
-        strokes = rng.uniform(5, 22, size=(3, 4))
-        for d in range(20):
-            dx, dy = rng.integers(-2, 3, size=2)
-            for x0, y0, x1, y1 in strokes:
-                for t in np.linspace(0, 1, 30):
-                    x = int(np.clip(x0 + t * (x1 - x0) + dx, 1, 26))
-                    y = int(np.clip(y0 + t * (y1 - y0) + dy, 1, 26))
-                    images[c, d, y - 1:y + 1, x - 1:x + 1] = 255
-    images = torch.from_numpy(images)
+    images = synthetic_glyphs(24, seed=0)
 
     def part(ids, rotations=0):
         return FewShotSplit(images, torch.tensor(ids), torch.full((len(ids),), rotations), [f"g{i}" for i in ids])

@@ -6,7 +6,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,23 +14,14 @@ from matchnet.data import FewShotSplit, load_omniglot, omniglot_splits
 from matchnet.evaluate import mean_ci95
 from matchnet.train import TrainConfig, train
 
+from conftest import synthetic_glyphs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def glyph_splits(classes: int = 48, seed: int = 0) -> dict:
     """Synthetic characters at 28x28: each class a few random strokes, each drawing shifted and thinned."""
-    rng = np.random.default_rng(seed)
-    images = np.zeros((classes, 20, 28, 28), dtype=np.uint8)
-    for c in range(classes):
-        strokes = rng.uniform(5, 22, size=(3, 4))
-        for d in range(20):
-            dx, dy = rng.integers(-2, 3, size=2)
-            for x0, y0, x1, y1 in strokes:
-                for t in np.linspace(0, 1, 30):
-                    x = int(np.clip(x0 + t * (x1 - x0) + dx, 1, 26))
-                    y = int(np.clip(y0 + t * (y1 - y0) + dy, 1, 26))
-                    images[c, d, y - 1:y + 1, x - 1:x + 1] = 255
-    images = torch.from_numpy(images)
+    images = synthetic_glyphs(classes, seed)
 
     def part(ids):
         return FewShotSplit(images, torch.tensor(ids), torch.zeros(len(ids), dtype=torch.long),
