@@ -13,6 +13,8 @@ measured matrix-multiply peak, peak memory, time to accuracy, and accuracy parit
 
   python bench/train_speed.py --device cuda --data-root data        # a GPU: about 4 minutes
   python bench/train_speed.py --device cpu --data-root data --quick  # a CPU: a few minutes
+  python bench/train_speed.py --device cuda --data-root data --tta-only --tta-steps 1000,1500,2000,2500
+                                                                     # time to accuracy only: about 90 s
 """
 from __future__ import annotations
 
@@ -181,7 +183,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for the conventional pipeline")
     p.add_argument("--meta-batches", default="32,64,128", help="fast-path episodes per step to time")
     p.add_argument("--compile", action="store_true", help="also time torch.compile at the largest meta-batch")
-    p.add_argument("--tta-steps", type=int, default=1500, help="steps of the time-to-accuracy run")
+    p.add_argument("--tta-steps", default="1500",
+                   help="steps of the time-to-accuracy run; a comma list runs one training per value")
+    p.add_argument("--tta-only", action="store_true",
+                   help="only the time-to-accuracy runs: no throughput rows, no parity")
     p.add_argument("--tta-meta-batch", type=int, default=8, help="the shipped recipe's 8 episodes per step")
     p.add_argument("--out", default="bench/train_speed.json")
     args = p.parse_args()
@@ -208,89 +213,96 @@ def main() -> None:
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
 
-    # (a) conventional: time windows over one long run, skipping the warm-up steps
-    reset_memory(device)
-    n = warmup + windows * window_steps
-    _, times = conventional_train(train_split.to("cpu"), fast_config(device, 1, False), device, n, args.workers)
-    rates = [window_steps / sum(times[warmup + i * window_steps: warmup + (i + 1) * window_steps])
-             for i in range(windows)]
-    add_row(f"conventional (DataLoader, {args.workers} workers, 1 episode/step, fp32)",
-            {"episodes_per_s": statistics.median(rates), "spread": [min(rates), max(rates)]}, peak_memory_mb(device))
-
-    # (b) fast path variants
-    def time_fast(mb: int, amp: bool, comp: bool) -> None:
-        cfg = fast_config(device, mb, amp, comp)
-        model, opt, sampler = build(cfg, train_split, device)
-        reset_memory(device)
-        t = time.perf_counter()
-        rate = throughput(make_step(model, opt, sampler, cfg), device, warmup, windows, window_steps, mb)
-        extras = ", bf16 + channels_last" if cfg.amp else ", fp32"
-        extras += ", torch.compile" if comp else ""
-        add_row(f"fast (device sampler, {mb} episode{'s' if mb > 1 else ''}/step{extras})", rate,
-                peak_memory_mb(device))
-        report["rows"][-1]["seconds_incl_warmup"] = round(time.perf_counter() - t, 1)
-        save()
-
     def save() -> None:
         report["wall_s"] = round(time.perf_counter() - start, 1)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
     meta_batches = [int(m) for m in args.meta_batches.split(",")]
-    for mb, amp in [(1, False)] + [(m, True) for m in meta_batches]:
-        time_fast(mb, amp, False)
+    if not args.tta_only:
+        # (a) conventional: time windows over one long run, skipping the warm-up steps
+        reset_memory(device)
+        n = warmup + windows * window_steps
+        _, times = conventional_train(train_split.to("cpu"), fast_config(device, 1, False), device, n, args.workers)
+        rates = [window_steps / sum(times[warmup + i * window_steps: warmup + (i + 1) * window_steps])
+                 for i in range(windows)]
+        add_row(f"conventional (DataLoader, {args.workers} workers, 1 episode/step, fp32)",
+                {"episodes_per_s": statistics.median(rates), "spread": [min(rates), max(rates)]},
+                peak_memory_mb(device))
 
-    # accuracy parity: the same config and number of episodes through both pipelines (1 episode/step)
-    cfg = fast_config(device, 1, False, steps=parity_episodes)
-    conv_model, _ = conventional_train(train_split.to("cpu"), cfg, device, parity_episodes, args.workers)
-    fast_model, opt, sampler = build(cfg, train_split, device)
-    fast_model.train()
-    step = make_step(fast_model, opt, sampler, cfg)
-    for i in range(parity_episodes):
-        step(cfg.lr * 0.5 * (1 + np.cos(np.pi * i / parity_episodes)))
-    report["parity"] = {"episodes": parity_episodes, "test_episodes": test_episodes,
-                        "conventional": test_accuracy(conv_model, test_split, test_episodes),
-                        "fast": test_accuracy(fast_model, test_split, test_episodes)}
-    print(json.dumps(report["parity"]), flush=True)
-    save()
+        # (b) fast path variants
+        def time_fast(mb: int, amp: bool, comp: bool) -> None:
+            cfg = fast_config(device, mb, amp, comp)
+            model, opt, sampler = build(cfg, train_split, device)
+            reset_memory(device)
+            t = time.perf_counter()
+            rate = throughput(make_step(model, opt, sampler, cfg), device, warmup, windows, window_steps, mb)
+            extras = ", bf16 + channels_last" if cfg.amp else ", fp32"
+            extras += ", torch.compile" if comp else ""
+            add_row(f"fast (device sampler, {mb} episode{'s' if mb > 1 else ''}/step{extras})", rate,
+                    peak_memory_mb(device))
+            report["rows"][-1]["seconds_incl_warmup"] = round(time.perf_counter() - t, 1)
+            save()
+
+        for mb, amp in [(1, False)] + [(m, True) for m in meta_batches]:
+            time_fast(mb, amp, False)
+
+        # accuracy parity: the same config and number of episodes through both pipelines (1 episode/step)
+        cfg = fast_config(device, 1, False, steps=parity_episodes)
+        conv_model, _ = conventional_train(train_split.to("cpu"), cfg, device, parity_episodes, args.workers)
+        fast_model, opt, sampler = build(cfg, train_split, device)
+        fast_model.train()
+        step = make_step(fast_model, opt, sampler, cfg)
+        for i in range(parity_episodes):
+            step(cfg.lr * 0.5 * (1 + np.cos(np.pi * i / parity_episodes)))
+        report["parity"] = {"episodes": parity_episodes, "test_episodes": test_episodes,
+                            "conventional": test_accuracy(conv_model, test_split, test_episodes),
+                            "fast": test_accuracy(fast_model, test_split, test_episodes)}
+        print(json.dumps(report["parity"]), flush=True)
+        save()
 
     # time to accuracy: matchnet.train itself (data loading, start-up, validation and checkpoints in the wall time)
-    tta_cfg = replace(fast_config(device, 2 if q else args.tta_meta_batch, True, steps=30 if q else args.tta_steps),
-                      way=60, shot=1, query=5, lr=1e-3, warmup_steps=100, val_tasks=[[5, 1], [20, 1]],
-                      val_every=10 if q else 250, val_episodes=100 if q else 300, log_every=10 if q else 250,
-                      checkpoint_every=10 ** 6, out_dir=tempfile.mkdtemp(prefix="matchnet_tta_"),
-                      name="tta", progress=False, data_root=args.data_root)
-    summary = train(tta_cfg, resume=False)  # loads the (cached) dataset itself: start-up counts in the time
-    log = [json.loads(x) for x in (tta_cfg.run_dir / "log.jsonl").read_text().splitlines()]
-
-    def first(key, target):
-        hits = [r["time"] for r in log if r.get(key, 0) >= target]
-        return round(hits[0], 1) if hits else None
-
     from matchnet.checkpoint import load_model
 
-    best = load_model(tta_cfg.run_dir / "best", device)
-    report["time_to_accuracy"] = {
-        "recipe": "60-way 1-shot, 5 queries, meta-batch %d, lr 1e-3 cosine, scale %g, %d steps"
-                  % (tta_cfg.meta_batch, tta_cfg.scale, tta_cfg.steps),
-        "val_5w1s_98.1_at_s": first("val_5w1s", 98.1), "val_20w1s_93.8_at_s": first("val_20w1s", 93.8),
-        "total_s": round(summary["seconds"], 1), "test_episodes": test_episodes,
-        "test": test_accuracy(best, test_split, test_episodes)}
-    save()
-    if args.compile:  # last: compilation can take a minute, and everything else is saved by then
+    report["time_to_accuracy"] = []
+    for steps in [int(x) for x in str(args.tta_steps).split(",")]:
+        tta_cfg = replace(fast_config(device, 2 if q else args.tta_meta_batch, True, steps=30 if q else steps),
+                          way=60, shot=1, query=5, lr=1e-3, warmup_steps=100, val_tasks=[[5, 1], [20, 1]],
+                          val_every=10 if q else 250, val_episodes=100 if q else 300, log_every=10 if q else 250,
+                          checkpoint_every=10 ** 6, out_dir=tempfile.mkdtemp(prefix="matchnet_tta_"),
+                          name="tta", progress=False, data_root=args.data_root)
+        summary = train(tta_cfg, resume=False)  # loads the (cached) dataset itself: start-up counts in the time
+        log = [json.loads(x) for x in (tta_cfg.run_dir / "log.jsonl").read_text().splitlines()]
+
+        def first(key, target):
+            hits = [r["time"] for r in log if r.get(key, 0) >= target]
+            return round(hits[0], 1) if hits else None
+
+        best = load_model(tta_cfg.run_dir / "best", device)
+        run = {"recipe": "60-way 1-shot, 5 queries, meta-batch %d, lr 1e-3 cosine, scale %g, %d steps"
+                         % (tta_cfg.meta_batch, tta_cfg.scale, tta_cfg.steps),
+               "val_5w1s_98.1_at_s": first("val_5w1s", 98.1), "val_20w1s_93.8_at_s": first("val_20w1s", 93.8),
+               "total_s": round(summary["seconds"], 1), "test_episodes": test_episodes,
+               "test": test_accuracy(best, test_split, test_episodes)}
+        report["time_to_accuracy"].append(run)
+        print(json.dumps(run), flush=True)
+        save()
+    if args.compile and not args.tta_only:  # last: compilation can take a minute, and everything else is saved
         time_fast(meta_batches[-1], True, True)
 
     print(f"\n{hw}, torch {torch.__version__}; {report['shape']}; peak {peak / 1e12:.1f} TFLOP/s ({peak_what})")
-    print(f"{'pipeline':<72} {'episodes/s':>10} {'images/s':>10} {'% peak':>7} {'mem MB':>8}")
-    base = report["rows"][0]["episodes_per_s"]
-    for r in report["rows"]:
-        print(f"{r['pipeline']:<72} {r['episodes_per_s']:>10.1f} {r['images_per_s']:>10} "
-              f"{100 * r['fraction_of_peak']:>6.2f}% {r['peak_memory_mb']:>8.0f}  x{r['episodes_per_s'] / base:.1f}")
-    par = report["parity"]
-    print(f"parity after {par['episodes']} episodes (test, {test_episodes} episodes): conventional "
-          f"{par['conventional']}  fast {par['fast']}")
-    tta = report["time_to_accuracy"]
-    print(f"time to accuracy: val 5w1s>=98.1 at {tta['val_5w1s_98.1_at_s']} s, val 20w1s>=93.8 at "
-          f"{tta['val_20w1s_93.8_at_s']} s; total {tta['total_s']} s; test {tta['test']}")
+    if report["rows"]:
+        print(f"{'pipeline':<72} {'episodes/s':>10} {'images/s':>10} {'% peak':>7} {'mem MB':>8}")
+        base = report["rows"][0]["episodes_per_s"]
+        for r in report["rows"]:
+            print(f"{r['pipeline']:<72} {r['episodes_per_s']:>10.1f} {r['images_per_s']:>10} "
+                  f"{100 * r['fraction_of_peak']:>6.2f}% {r['peak_memory_mb']:>8.0f}  "
+                  f"x{r['episodes_per_s'] / base:.1f}")
+        par = report["parity"]
+        print(f"parity after {par['episodes']} episodes (test, {test_episodes} episodes): conventional "
+              f"{par['conventional']}  fast {par['fast']}")
+    for tta in report["time_to_accuracy"]:
+        print(f"time to accuracy ({tta['recipe']}): val 5w1s>=98.1 at {tta['val_5w1s_98.1_at_s']} s, val "
+              f"20w1s>=93.8 at {tta['val_20w1s_93.8_at_s']} s; total {tta['total_s']} s; test {tta['test']}")
     print(f"wall time {report['wall_s']} s; wrote {args.out}")
 
 
