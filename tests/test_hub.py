@@ -291,7 +291,8 @@ def test_rebuild_ships_resumes_and_skips(tmp_path, monkeypatch, capsys):
 
     root = tmp_path / "repo"
     (root / "train" / "configs").mkdir(parents=True)
-    for name in ("omniglot_vinyals.toml", "omniglot_vinyals_fce.toml", "smoke.toml"):
+    for name in ("omniglot_vinyals.toml", "omniglot_vinyals_fce.toml", "smoke.toml", "baseline_siamese.toml",
+                 "ptb_lstm.toml"):
         shutil.copy(ROOT / "train" / "configs" / name, root / "train" / "configs" / name)
     monkeypatch.chdir(root)  # runs/<name> is relative, as in train/run.py
     trained = []
@@ -315,7 +316,8 @@ def test_rebuild_ships_resumes_and_skips(tmp_path, monkeypatch, capsys):
     kwargs = dict(device="cpu", data_root=None, push_to=None, private=False, only=[], restart=False, episodes=3,
                   plan_only=False, evaluate=fake_eval, hardware=lambda d: "test CPU")
     rebuild.run(root, **kwargs)
-    assert sorted(trained) == ["omniglot-vinyals", "omniglot-vinyals-fce"]  # smoke.toml is not shipped
+    # smoke.toml is not shipped; the baseline and PTB configs belong to `table omniglot` / `table ptb`
+    assert sorted(trained) == ["omniglot-vinyals", "omniglot-vinyals-fce"]
     shipped = root / "assets" / "omniglot-vinyals-fce"
     assert sorted(p.name for p in shipped.iterdir()) == sorted(set(hub.PUBLISHED) - {"README.md"})
     assert matchnet.load(shipped).fce
@@ -334,3 +336,12 @@ def test_rebuild_ships_resumes_and_skips(tmp_path, monkeypatch, capsys):
     assert "from scratch (config changed" in capsys.readouterr().out
     rebuild.run(root, **kwargs)
     assert trained == ["omniglot-vinyals"]
+
+
+def test_rebuild_plans_the_real_configs():
+    """Every config rebuild picks up in train/configs/ parses; the shipped models are exactly its jobs."""
+    sys.path.insert(0, str(ROOT))
+    from train import rebuild
+
+    jobs = rebuild.make_jobs(ROOT, {}, {}, [], restart=True)
+    assert sorted(j.name for j in jobs) == ["omniglot-lake", "omniglot-vinyals", "omniglot-vinyals-fce"]

@@ -1,6 +1,7 @@
 """`train/run.py rebuild`: retrain, evaluate and re-ship every model the project ships, optionally publishing each.
 
-One config per shipped model in train/configs/ (smoke.toml aside); the config's `name` is its folder in assets/.
+One config per shipped model in train/configs/ (smoke.toml and the baseline_* / ptb_* configs of the other
+tables aside); the config's `name` is its folder in assets/.
 Per model: train (runs/<name>/), evaluate runs/<name>/best on the test split, write results.json and
 training.json beside it, copy checkpoint + results + training record + log into assets/<name>/, optionally
 publish. docs/RESULTS.md is regenerated at the end.
@@ -29,6 +30,8 @@ from matchnet.results import write_results_md
 from matchnet.train import TrainConfig, resolve_device, train
 
 SKIP = {"smoke.toml"}  # a pipeline check, not a shipped model
+# Configs of the other tables: trained by `train/run.py table omniglot` (baselines) and `table ptb`, not here.
+OTHER_TABLES = ("baseline_", "ptb_")
 # Measured: ~70 s per 5000-step model on one H100 (start-up, validation and bf16 included).
 H100_SECONDS_PER_STEP = 70 / 5000
 EVAL_SECONDS = 10  # data loading + 4 x 1000 test episodes on an H100, roughly
@@ -78,7 +81,8 @@ def _resume_step(run_dir: Path) -> int:
 
 
 def make_jobs(root: Path, state: dict, overrides: dict, only: list[str], restart: bool) -> list[Job]:
-    tomls = sorted(p for p in (root / "train" / "configs").glob("*.toml") if p.name not in SKIP)
+    tomls = sorted(p for p in (root / "train" / "configs").glob("*.toml")
+                   if p.name not in SKIP and not p.name.startswith(OTHER_TABLES))
     jobs = []
     for toml in tomls:
         cfg = TrainConfig.from_toml(toml, **overrides)
