@@ -123,3 +123,16 @@ def test_a_perfect_predictor_scores_100_with_no_interval():
     acc = evaluate(lambda ep: torch.nn.functional.one_hot(ep.query_labels, ep.n_way).float().log(), split,
                    5, 1, 3, episodes=20, seed=0, progress=False)
     assert acc.mean == 100 and acc.ci95 == 0 and acc.episodes == 20
+
+
+def test_a_quick_eval_never_replaces_a_checkpoints_reported_results():
+    sys.path.insert(0, str(ROOT))
+    from train import run
+
+    shipped = ROOT / "assets" / "omniglot-vinyals"
+    assert run.default_results_path(shipped, 1000, 0) == shipped / "results.json"
+    quick = run.default_results_path(shipped, 20, 3)
+    assert quick.parent == ROOT / "runs" / "eval" and quick.name == "omniglot-vinyals_20ep_seed3.json"
+    out = subprocess.run([sys.executable, str(ROOT / "train" / "run.py"), "eval", "--checkpoint", str(shipped),
+                          "--episodes", "20", "--write-docs"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "at least 1000 episodes" in out.stderr and "Traceback" not in out.stderr

@@ -94,13 +94,27 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
     return result
 
 
+MIN_REPORTED_EPISODES = 1000  # the project's rule for an accuracy that goes beside a checkpoint or into the docs
+
+
+def default_results_path(folder: Path, episodes: int, seed: int) -> Path:
+    """CHECKPOINT/results.json for a full evaluation; a quick one (fewer episodes) goes to runs/eval/ instead, so
+    that it never replaces the reported numbers of a shipped checkpoint."""
+    if episodes >= MIN_REPORTED_EPISODES:
+        return folder / "results.json"
+    return ROOT / "runs" / "eval" / f"{folder.resolve().name}_{episodes}ep_seed{seed}.json"
+
+
 def cmd_eval(args) -> None:
     folder = Path(args.checkpoint)
     info = folder / "training.json"  # written beside shipped checkpoints: which data the model was trained on
     meta = json.loads(info.read_text()) if info.is_file() else {}
     dataset = args.dataset or meta.get("dataset", "omniglot")
     split = args.split or meta.get("split", "vinyals")
-    out = Path(args.out) if args.out else folder / "results.json"
+    out = Path(args.out) if args.out else default_results_path(folder, args.episodes, args.seed)
+    if args.write_docs and args.episodes < MIN_REPORTED_EPISODES:
+        sys.exit(f"error: --write-docs needs at least {MIN_REPORTED_EPISODES} episodes per column "
+                 f"(got {args.episodes})")
     evaluate_checkpoint(folder, dataset, split, args.data_root or "data", args.device or "auto", args.episodes,
                         args.seed, out)
     if args.write_docs:
@@ -193,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["vinyals", "lake"], help="default: from training.json, else vinyals")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes (default 0)")
-    p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json)")
+    p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json with --episodes >= 1000, "
+                                 "else runs/eval/NAME_<N>ep_seed<S>.json)")
     p.add_argument("--write-docs", action="store_true", help="regenerate docs/RESULTS.md from every results.json")
     p.set_defaults(func=cmd_eval)
 
