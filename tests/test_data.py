@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from matchnet.data import DatasetNotFoundError, load_omniglot, omniglot_splits
+from matchnet.data import omniglot
 from matchnet.data.omniglot import read_split_file
 
 
@@ -32,13 +33,17 @@ def test_zip_and_folder_give_identical_tensors(omniglot_tree, tmp_path):
     assert torch.equal(from_zip.images, folder.images)
 
 
-def test_cache_is_written_then_used(omniglot_tree, tmp_path):
+def test_cache_is_written_then_used(omniglot_tree, tmp_path, monkeypatch):
+    monkeypatch.setenv("MATCHNET_CACHE", str(tmp_path / "user-cache"))
     root = tmp_path / "copy"
     shutil.copytree(omniglot_tree, root)
     first = load_omniglot(root, strict=False)
     cache = root / "omniglot-py" / "matchnet_cache_28.safetensors"
-    assert cache.is_file()
-    shutil.rmtree(root / "omniglot-py" / "images_background")  # the cache alone must now suffice
+    assert cache.is_file() and not (tmp_path / "user-cache").exists()
+
+    def no_decoding(*args):
+        raise AssertionError("decoded a PNG although the cache is current")
+    monkeypatch.setattr(omniglot, "_to_array", no_decoding)
     again = load_omniglot(root, strict=False)
     assert torch.equal(first.images, again.images) and first.names == again.names
 

@@ -9,41 +9,53 @@ it checks the zips' md5 and rejects re-encoded copies with identical pixels.
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
-import json
 import os
 import re
+import shutil
+import urllib.error
 import urllib.request
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from .cache import listing_key, load_cached, save_cached
 from .fewshot import FewShotSplit
 
 PARTS = ("images_background", "images_evaluation")
 COUNTS = {"images_background": 964, "images_evaluation": 659}
 DRAWINGS = 20
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{part}.zip"
+TIMEOUT_S = 30.0  # per network read: a stalled download is an error, not a hang
 SPLITS_DIR = Path(__file__).parent / "splits"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed on the source listing (names, sizes, mtimes)
 _PNG = re.compile(r"^(?:.*/)?(images_background|images_evaluation)/([^/]+)/(character\d+)/(\d+_\d+)\.png$")
 
 LAYOUT_HELP = (
     "Expected the Omniglot folders ROOT/omniglot-py/images_background/<Alphabet>/characterNN/*.png and "
     "ROOT/omniglot-py/images_evaluation/... (or the two zips images_background.zip and "
     "images_evaluation.zip in ROOT/omniglot-py/). Unzip brendenlake/omniglot's python/*.zip there, or pass "
-    "download=True (--download) to fetch them."
+    "download=True (on the command line: --set download=true) to fetch them."
 )
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The data folder is missing or incomplete; the message names the expected layout."""
+
+
+class CorruptDataError(DatasetNotFoundError):
+    """A data file exists but cannot be read (truncated zip, corrupt image); the message names the file and the fix.
+
+    A DatasetNotFoundError, so every caller that reports missing data reports this too."""
 
 
 @dataclass
@@ -64,101 +76,172 @@ def omniglot_dir(root: str | os.PathLike) -> Path:
     return root if root.name == "omniglot-py" else root / "omniglot-py"
 
 
-def download_omniglot(root: str | os.PathLike) -> None:
-    """Fetch the two zips from brendenlake/omniglot (the canonical source) into ROOT/omniglot-py/."""
+# -- download --------------------------------------------------------------------------------------------------
+
+def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> None:
+    """Fetch the missing zips from brendenlake/omniglot (the canonical source) into ROOT/omniglot-py/.
+
+    Each zip is streamed to a .part file, checked to be a zip, then renamed: a failed or interrupted download
+    leaves nothing behind (not even the folders it created) and raises DatasetNotFoundError in one line."""
     folder = omniglot_dir(root)
+    needed = [p for p in PARTS if not (folder / f"{p}.zip").exists() and not (folder / p).is_dir()]
+    if not needed:
+        return
+    created = [d for d in (folder.parent, folder) if not d.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    for part in PARTS:
-        target = folder / f"{part}.zip"
-        if not target.exists() and not (folder / part).is_dir():
-            tmp = target.with_suffix(".part")
-            urllib.request.urlretrieve(URL.format(part=part), tmp)
-            tmp.rename(target)
+    try:
+        for part in needed:
+            _fetch(URL.format(part=part), folder / f"{part}.zip", timeout)
+    except BaseException:
+        for d in reversed(created):  # an empty data/omniglot-py/ would look like data that is there
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
-def _list_part(folder: Path, part: str) -> dict[tuple[str, str, str], callable]:
-    """Map (alphabet, character, file stem) -> a function returning the PNG bytes, from folder or zip."""
-    entries = {}
+def _fetch(url: str, target: Path, timeout: float) -> None:
+    tmp = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        if not zipfile.is_zipfile(tmp):
+            raise CorruptDataError(f"{url}: the download is not a zip archive; download it by hand into "
+                                   f"{target.parent}")
+        os.replace(tmp, target)
+    except DatasetNotFoundError:
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # TimeoutError is an OSError
+        reason = str(getattr(e, "reason", None) or e).strip().splitlines() or ["no detail"]
+        raise DatasetNotFoundError(
+            f"could not download {url} ({type(e).__name__}: {reason[0][:200]}); without network, copy "
+            f"images_background.zip and images_evaluation.zip from brendenlake/omniglot (python/) into "
+            f"{target.parent} by hand") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+def _sources(folder: Path, part: str) -> list[Path]:
+    """The files a part is read from: its PNGs when the folder is there, else its zip, else nothing."""
     if (folder / part).is_dir():
-        for png in (folder / part).glob("*/character*/*.png"):
-            entries[(png.parent.parent.name, png.parent.name, png.stem)] = png.read_bytes
-    elif (folder / f"{part}.zip").is_file():
-        zf = zipfile.ZipFile(folder / f"{part}.zip")
+        return sorted((folder / part).glob("*/character*/*.png"))
+    return [folder / f"{part}.zip"] if (folder / f"{part}.zip").is_file() else []
+
+
+@contextlib.contextmanager
+def _entries(folder: Path, part: str) -> Iterator[dict[tuple[str, str, str], tuple[str, Callable[[], bytes]]]]:
+    """(alphabet, character, file stem) -> (the file's name for messages, a function returning its bytes)."""
+    if (folder / part).is_dir():
+        yield {(p.parent.parent.name, p.parent.name, p.stem): (str(p), p.read_bytes) for p in _sources(folder, part)}
+        return
+    path = folder / f"{part}.zip"
+    if not path.is_file():
+        yield {}
+        return
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CorruptDataError(
+            f"{path}: not a readable zip archive ({type(e).__name__}: {e}); it is probably truncated (an interrupted "
+            f"download or copy): delete it and download it again (--set download=true), or replace it with "
+            f"brendenlake/omniglot's python/{part}.zip") from None
+    with zf:
+        entries = {}
         for name in zf.namelist():
             m = _PNG.match(name)
             if m and m.group(1) == part:
-                entries[(m.group(2), m.group(3), m.group(4))] = (lambda n=name: zf.read(n))
-    return entries
+                entries[(m.group(2), m.group(3), m.group(4))] = (f"{path}:{name}", lambda n=name: zf.read(n))
+        yield entries
 
 
-def _to_array(png: bytes, size: int) -> np.ndarray:
-    img = Image.open(io.BytesIO(png)).convert("L")
+def _to_array(png: bytes, size: int, label: str) -> np.ndarray:
+    try:
+        img = Image.open(io.BytesIO(png)).convert("L")  # convert() decodes, so a truncated file fails here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise CorruptDataError(f"{label}: corrupt PNG ({why}); replace it with the original from "
+                               "brendenlake/omniglot") from None
     if img.size != (size, size):
         img = img.resize((size, size), Image.LANCZOS)
     return 255 - np.asarray(img, dtype=np.uint8)  # ink = 255, paper = 0: zero padding matches paper
 
 
+def _read_bytes(label: str, read: Callable[[], bytes]) -> bytes:
+    try:
+        return read()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member: bad CRC, short data
+        raise CorruptDataError(f"{label}: unreadable ({type(e).__name__}: {e}); the zip is damaged: delete it "
+                               "and download it again (--set download=true)") from None
+
+
+def _check_drawings(folder: Path, part: str, chars: dict[str, list]) -> None:
+    """Every character has drawers 01..20; otherwise name the characters and the drawings that are missing."""
+    bad = []
+    for name in sorted(chars):
+        drawers = {int(stem.split("_")[1]) for stem, _ in chars[name]}
+        if len(chars[name]) != DRAWINGS or drawers != set(range(1, DRAWINGS + 1)):
+            missing = sorted(set(range(1, DRAWINGS + 1)) - drawers)
+            what = f"missing drawing(s) {', '.join(f'{d:02d}' for d in missing)}" if missing else "extra drawings"
+            bad.append(f"{name} has {len(chars[name])} ({what})")
+    if bad:
+        where = folder / part if (folder / part).is_dir() else folder / f"{part}.zip"
+        more = f" and {len(bad) - 3} more characters" if len(bad) > 3 else ""
+        raise DatasetNotFoundError(
+            f"{where}: want {DRAWINGS} drawings per character, but {'; '.join(bad[:3])}{more}; restore them from "
+            f"brendenlake/omniglot's python/{part}.zip")
+
+
 def _read(folder: Path, size: int, strict: bool) -> Omniglot:
     images, names, background = [], [], []
     for part in PARTS:
-        entries = _list_part(folder, part)
-        chars: dict[str, list] = {}
-        for (alphabet, character, stem), read in entries.items():
-            chars.setdefault(f"{alphabet}/{character}", []).append((stem, read))
-        wrong_count = len(chars) != COUNTS[part] if strict else not chars
-        if wrong_count or any(len(v) != DRAWINGS for v in chars.values()):
-            found = f"{len(chars)} characters" if chars else "nothing"
-            raise DatasetNotFoundError(
-                f"Omniglot {part} under {folder} is missing or incomplete (found {found}; want "
-                f"{COUNTS[part]} characters x {DRAWINGS} drawings). {LAYOUT_HELP}")
-        for name in tqdm(sorted(chars), desc=f"reading {part}", unit="char", leave=False):
-            drawings = sorted(chars[name], key=lambda e: int(e[0].split("_")[1]))  # by drawer number
-            images.append(np.stack([_to_array(read(), size) for _, read in drawings]))
-            names.append(name)
-            background.append(part == "images_background")
+        with _entries(folder, part) as entries:
+            chars: dict[str, list] = {}
+            for (alphabet, character, stem), (label, read) in entries.items():
+                chars.setdefault(f"{alphabet}/{character}", []).append((stem, (label, read)))
+            if (len(chars) != COUNTS[part]) if strict else not chars:
+                found = f"{len(chars)} characters" if chars else "nothing"
+                raise DatasetNotFoundError(
+                    f"Omniglot {part} under {folder} is missing or incomplete (found {found}; want "
+                    f"{COUNTS[part]} characters x {DRAWINGS} drawings). {LAYOUT_HELP}")
+            _check_drawings(folder, part, chars)
+            for name in tqdm(sorted(chars), desc=f"reading {part}", unit="char", leave=False):
+                drawings = sorted(chars[name], key=lambda e: int(e[0].split("_")[1]))  # by drawer number
+                images.append(np.stack([_to_array(_read_bytes(*src), size, src[0]) for _, src in drawings]))
+                names.append(name)
+                background.append(part == "images_background")
     return Omniglot(torch.from_numpy(np.stack(images)), names, torch.tensor(background))
 
 
 def load_omniglot(root: str | os.PathLike, image_size: int = 28, download: bool = False,
                   cache: bool = True, strict: bool = True) -> Omniglot:
-    """Read Omniglot once, resize to image_size (Lanczos) and cache the tensor beside the data.
+    """Read Omniglot once, resize to image_size (Lanczos) and cache the tensor (matchnet.data.cache).
 
-    The cache (omniglot-py/matchnet_cache_<size>.safetensors) is rebuilt if it is absent or stale; if the data
-    folder is read-only it goes to ~/.cache/matchnet instead. strict=False accepts any number of characters
-    per part (a subset or a test fixture), still 20 drawings each.
+    The cache (omniglot-py/matchnet_cache_<size>.safetensors, or under $MATCHNET_CACHE / ~/.cache/matchnet when
+    the data folder is read-only or full) is keyed on the source files' names, sizes and mtimes: a replaced or
+    corrupted file makes it stale and it is rebuilt. It is a cache, not a copy: the source files must stay.
+    strict=False accepts any number of characters per part (a subset or a test fixture), still 20 drawings each.
     """
     folder = omniglot_dir(root)
-    name = f"matchnet_cache_{image_size}.safetensors"
-    candidates = [folder / name, Path.home() / ".cache" / "matchnet" / f"omniglot_{image_size}.safetensors"]
-    if cache:
-        for path in candidates:
-            if path.is_file():
-                try:
-                    tensors = load_file(path)
-                    meta = json.loads(tensors.pop("_meta").numpy().tobytes().decode())
-                    data = Omniglot(tensors["images"], meta["names"], tensors["background"])
-                    complete = len(data.names) == sum(COUNTS.values()) and int(data.background.sum()) == COUNTS[PARTS[0]]
-                    if (meta.get("version") == CACHE_VERSION and meta.get("source") == str(folder.resolve())
-                            and data.images.shape[-1] == image_size and (complete or not strict)):
-                        return data
-                except Exception:  # a corrupt cache is rebuilt, never trusted
-                    pass
     if download:
         download_omniglot(root)
     if not folder.is_dir():
         raise DatasetNotFoundError(f"No Omniglot data folder at {folder}. {LAYOUT_HELP}")
+    name = f"matchnet_cache_{image_size}.safetensors"
+    sources = [p for part in PARTS for p in _sources(folder, part)]
+    key = listing_key(sources, base=folder, extra={"version": CACHE_VERSION, "image_size": image_size})
+    if cache and sources:
+        hit = load_cached(folder, name, key)
+        if hit is not None:
+            tensors, meta = hit
+            data = Omniglot(tensors["images"], list(meta["names"]), tensors["background"])
+            complete = len(data.names) == sum(COUNTS.values()) and int(data.background.sum()) == COUNTS[PARTS[0]]
+            if complete or not strict:
+                return data
     data = _read(folder, image_size, strict)
     if cache:
-        meta = json.dumps({"version": CACHE_VERSION, "source": str(folder.resolve()), "names": data.names})
-        tensors = {"images": data.images, "background": data.background,
-                   "_meta": torch.frombuffer(bytearray(meta.encode()), dtype=torch.uint8)}
-        for path in candidates:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(tensors, path)
-                break
-            except OSError:
-                continue
+        save_cached(folder, name, key, {"images": data.images, "background": data.background},
+                    {"names": data.names})
     return data
 
 
