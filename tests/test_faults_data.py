@@ -141,3 +141,142 @@ def test_a_png_replaced_after_caching_is_noticed(root, user_cache):
     pngs[1].write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DatasetNotFoundError, match=rf"{pngs[1].name}: corrupt PNG"):
         load_omniglot(root, strict=False)
+
+
+# -- damaged Omniglot files ------------------------------------------------------------------------------------
+
+def zipped(root: Path, dest: Path) -> Path:
+    """The fixture tree as the two zips brendenlake/omniglot ships."""
+    folder = dest / "omniglot-py"
+    folder.mkdir(parents=True)
+    for part in omniglot.PARTS:
+        with zipfile.ZipFile(folder / f"{part}.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            for png in sorted((root / "omniglot-py" / part).rglob("*.png")):
+                zf.write(png, png.relative_to(root / "omniglot-py"))
+    return folder
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    text = str(error.value)
+    assert "\n" not in text and "BytesIO" not in text and "Traceback" not in text
+    return text
+
+
+def test_truncated_zip_names_the_zip_and_the_fix(omniglot_tree, tmp_path, user_cache):
+    folder = zipped(omniglot_tree, tmp_path / "z")
+    target = folder / "images_evaluation.zip"
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # an interrupted download
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(tmp_path / "z", strict=False)
+    text = one_line(info)
+    assert str(target) in text and "truncated" in text and "download=true" in text
+    assert only(folder) == ["images_background.zip", "images_evaluation.zip"]  # nothing cached, nothing deleted
+
+
+def test_damaged_zip_member_names_the_member(omniglot_tree, tmp_path, user_cache):
+    folder = zipped(omniglot_tree, tmp_path / "z")
+    target = folder / "images_background.zip"
+    with zipfile.ZipFile(target) as zf:
+        info = zf.infolist()[3]
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw = bytearray(target.read_bytes())
+    for i in range(start + 10, start + 40):  # flip bytes inside one compressed PNG: a CRC or inflate error
+        raw[i] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_omniglot(tmp_path / "z", strict=False)
+    assert f"{target}:{info.filename}" in one_line(err)
+
+
+def test_corrupt_png_names_the_file(root, user_cache):
+    png = sorted((root / "omniglot-py" / "images_evaluation").rglob("*.png"))[7]
+    png.write_bytes(png.read_bytes()[:40])  # truncated PNG
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(root, strict=False)
+    assert f"{png}: corrupt PNG" in one_line(info)
+    png.write_bytes(b"this is not an image")
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(root, strict=False)
+    assert f"{png}: corrupt PNG (not an image" in one_line(info)
+    assert not (root / "omniglot-py" / "matchnet_cache_28.safetensors").exists()
+
+
+def test_missing_drawing_names_the_character_and_drawer(root, user_cache):
+    char = root / "omniglot-py" / "images_background" / "background_Alphabet1" / "character02"
+    victim = sorted(char.glob("*.png"))[6]  # drawer 07
+    victim.unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(root, strict=False)
+    text = one_line(info)
+    assert "background_Alphabet1/character02 has 19 (missing drawing(s) 07)" in text
+    assert str(root / "omniglot-py" / "images_background") in text
+
+
+# -- downloading without network -------------------------------------------------------------------------------
+
+def offline(monkeypatch, error: BaseException) -> list:
+    calls = []
+
+    def urlopen(url, timeout=None, **kwargs):
+        calls.append((url, timeout))
+        raise error
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", urlopen)
+    return calls
+
+
+@pytest.mark.parametrize("error", [urllib.error.URLError(OSError(101, "Network is unreachable")),
+                                   TimeoutError("The read operation timed out"),
+                                   urllib.error.URLError("[Errno -3] Temporary failure in name resolution")])
+def test_offline_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, user_cache, error):
+    calls = offline(monkeypatch, error)
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(root, download=True)
+    text = one_line(info)
+    assert "could not download https://" in text and "by hand" in text
+    assert calls and all(timeout is not None and timeout > 0 for _, timeout in calls)  # never an endless wait
+    assert not root.exists()  # no empty data/omniglot-py/ that looks like data
+
+
+def test_interrupted_download_leaves_no_partial_zip(tmp_path, monkeypatch, user_cache):
+    root = tmp_path / "data"
+    (root / "omniglot-py").mkdir(parents=True)  # the user's folder: kept
+
+    class Dropped:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def __init__(self):
+            self.sent = 0
+
+        def read(self, n=-1):
+            self.sent += 1
+            if self.sent > 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return b"PK\x03\x04" + b"x" * 1000
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen", lambda url, timeout=None: Dropped())
+    with pytest.raises(DatasetNotFoundError, match="could not download .*Connection reset"):
+        load_omniglot(root, download=True)
+    assert only(root / "omniglot-py") == []
+
+
+def test_download_that_is_not_a_zip_is_refused(tmp_path, monkeypatch, user_cache):
+    import io
+
+    class Page(io.BytesIO):
+        pass
+    monkeypatch.setattr(omniglot.urllib.request, "urlopen",
+                        lambda url, timeout=None: Page(b"<html>captive portal</html>"))
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError, match="not a zip archive"):
+        load_omniglot(root, download=True)
+    assert not root.exists()
+
+
+def test_no_data_message_names_the_real_option(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_omniglot(tmp_path / "nowhere")
+    assert "--set download=true" in one_line(info) and "(--download)" not in str(info.value)
