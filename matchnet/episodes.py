@@ -77,16 +77,31 @@ def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
 
 
 class EpisodeSampler:
-    """Endless training episodes, E at a time, drawn on the split's device."""
+    """Endless training episodes, E at a time, drawn on the split's device.
 
-    def __init__(self, split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0):
+    shuffle_support: present each support set in a random order rather than class by class (the paper treats
+    S as a set; FCE's bidirectional LSTM reads it as a sequence and would otherwise learn the order).
+    """
+
+    def __init__(self, split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0,
+                 shuffle_support: bool = False):
         self.split, self.way, self.shot, self.query = split, way, shot, query
+        self.shuffle_support = shuffle_support
         self.generator = torch.Generator(device=split.device).manual_seed(seed)
 
     def sample(self, episodes: int = 1) -> Episodes:
         idx = draw_indices(self.split.num_classes, self.split.per_class, episodes, self.way, self.shot,
                            self.query, self.generator)
-        return gather(self.split, idx, self.shot)
+        ep = gather(self.split, idx, self.shot)
+        return shuffle_support(ep, self.generator) if self.shuffle_support else ep
+
+
+def shuffle_support(ep: Episodes, generator: torch.Generator) -> Episodes:
+    """The same episodes with each support set (images and labels together) in its own random order."""
+    e, s = ep.support_labels.shape
+    order = torch.rand(e, s, generator=generator, device=generator.device).argsort(1).to(ep.support.device)
+    images = ep.support.gather(1, order.view(e, s, *([1] * (ep.support.dim() - 2))).expand_as(ep.support))
+    return Episodes(images, ep.support_labels.gather(1, order), ep.query, ep.query_labels, ep.classes, ep.n_way)
 
 
 def evaluation_episodes(split: FewShotSplit, way: int, shot: int, query: int, episodes: int, seed: int,
