@@ -1,4 +1,11 @@
-"""Shared fixtures: a small Omniglot-layout tree made by the test, and the real data when it is present."""
+"""Shared fixtures: a small Omniglot-layout tree made by the test, and the real data when it is present.
+
+Real data is looked for in the README's data root (./data) and in ../shared/data (where CI keeps it). Where it
+is missing, a real-data test is skipped on a developer's machine and FAILS when the environment variable CI is
+set: CI has the data, so a skip there means a test silently stopped running. A test needing real data takes
+one of the real_* fixtures (or calls `missing_real_data`); the hook at the bottom also fails, under CI, any
+skip of a test that takes a real_* fixture, is marked `real_data`, or whose reason names ../shared/data.
+"""
 from __future__ import annotations
 
 import os
@@ -9,7 +16,51 @@ import pytest
 import torch
 from PIL import Image
 
-REAL_ZIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot" / "omniglot-py"
+REPO = Path(__file__).resolve().parents[1]
+# The README's data root first (a user's own copy), then the shared read-only copy CI has.
+DATA_ROOTS = (REPO / "data", REPO.parent / "shared" / "data")
+OMNIGLOT_PARTS = ("images_background", "images_evaluation")
+REAL_DATA_FIXTURES = ("real_omniglot_root", "real_ptb_dir", "real_mnist_root")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def missing_real_data(what: str) -> None:
+    """Skip (a developer without the data) or fail (CI, which has it): never a silent pass in CI."""
+    where = " or ".join(str(r) for r in DATA_ROOTS)
+    message = f"{what} not found under {where}"
+    if in_ci():
+        pytest.fail(f"{message}; CI must run every real-data test (CI is set)", pytrace=False)
+    pytest.skip(message)
+
+
+def find_omniglot_folder() -> Path | None:
+    """The first omniglot-py folder holding both parts (as zips or unzipped folders): ./data/omniglot-py
+    (the README's layout) or ../shared/data/omniglot/omniglot-py (the shared copy's)."""
+    for root in DATA_ROOTS:
+        for folder in (root / "omniglot-py", root / "omniglot" / "omniglot-py"):
+            if all((folder / f"{p}.zip").is_file() or (folder / p).is_dir() for p in OMNIGLOT_PARTS):
+                return folder
+    return None
+
+
+def find_ptb_dir() -> Path | None:
+    for root in DATA_ROOTS:
+        if all((root / "ptb" / f"ptb.{part}.txt").is_file() for part in ("train", "valid", "test")):
+            return root / "ptb"
+    return None
+
+
+def find_mnist_root() -> Path | None:
+    """A data root whose mnist/MNIST/raw holds the test images and labels (plain or .gz)."""
+    for root in DATA_ROOTS:
+        raw = root / "mnist" / "MNIST" / "raw"
+        if all((raw / f).is_file() or (raw / f"{f}.gz").is_file()
+               for f in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+            return root
+    return None
 
 
 def glyph(rng: np.random.Generator, strokes: np.ndarray, size: int = 105, jitter: int = 4) -> Image.Image:
@@ -62,12 +113,53 @@ def omniglot_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_omniglot_root(tmp_path_factory) -> Path | None:
-    """The real zips (../shared/data) linked into a temporary root, read without unzipping; None if absent."""
-    if not all((REAL_ZIPS / f"{p}.zip").is_file() for p in ("images_background", "images_evaluation")):
-        return None
+def real_omniglot_root(tmp_path_factory) -> Path:
+    """The real Omniglot (zips or folders) linked into a temporary root, so the first read's cache is written
+    there and never into ./data or the read-only shared copy. Skips (fails under CI) when absent."""
+    found = find_omniglot_folder()
+    if found is None:
+        missing_real_data("the real Omniglot (omniglot-py/images_background and images_evaluation)")
     root = tmp_path_factory.mktemp("real") / "omniglot-py"
     root.mkdir()
-    for p in ("images_background", "images_evaluation"):
-        os.symlink(REAL_ZIPS / f"{p}.zip", root / f"{p}.zip")
+    for p in OMNIGLOT_PARTS:
+        source = found / f"{p}.zip" if (found / f"{p}.zip").is_file() else found / p
+        os.symlink(source, root / source.name)
     return root.parent
+
+
+@pytest.fixture(scope="session")
+def real_ptb_dir() -> Path:
+    """The folder holding ptb.train.txt, ptb.valid.txt and ptb.test.txt. Skips (fails under CI) when absent."""
+    found = find_ptb_dir()
+    if found is None:
+        missing_real_data("Penn Treebank (ptb/ptb.{train,valid,test}.txt)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def real_mnist_root() -> Path:
+    """A data root with MNIST's test set (mnist/MNIST/raw). Skips (fails under CI) when absent."""
+    found = find_mnist_root()
+    if found is None:
+        missing_real_data("the MNIST test set (mnist/MNIST/raw/t10k-*)")
+    return found
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "real_data: needs the real data sets; a skip of it fails under CI")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, a skipped real-data test is reported as failed: CI has ../shared/data, so a skip there is a
+    test that stopped running, not a pass. Catches skips raised outside the real_* fixtures too."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    needs_data = (any(name in getattr(item, "fixturenames", ()) for name in REAL_DATA_FIXTURES)
+                  or item.get_closest_marker("real_data") is not None or "shared/data" in reason)
+    if needs_data:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where the real data must be present: {reason}"

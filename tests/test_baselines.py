@@ -17,7 +17,7 @@ from matchnet.baselines import (ClassifierConfig, FeatureEpisodes, FinetuneConfi
 from matchnet.baselines.features import feature_episodes, nearest_neighbour_log_probs
 from matchnet.baselines.mann import MANN, MemoryState
 from matchnet.baselines.report import write_markdown
-from matchnet.baselines.siamese import load_siamese, pair_indices, verification_predictor
+from matchnet.baselines.siamese import load_siamese, pair_indices, sample_pairs, verification_predictor
 from matchnet.data import FewShotSplit
 from matchnet.episodes import evaluation_episodes
 from matchnet.evaluate import evaluate
@@ -123,13 +123,19 @@ def test_siamese_pairs_are_same_then_different(glyphs):
 
 
 def test_siamese_trains_and_predicts_with_cosine_and_with_its_own_head(glyphs, tmp_path):
-    cfg = tiny(SiameseConfig, tmp_path, pairs=16)
+    # 40 steps at a high rate: enough for the same/different task to be learnt on these glyphs (an untrained
+    # head scores exactly chance, 50%, on balanced pairs; trained, 72-85% over seeds 0-2 on unseen classes)
+    cfg = tiny(SiameseConfig, tmp_path, pairs=32, steps=40, val_every=40, checkpoint_every=40, lr=1e-2)
     train_siamese(cfg, glyphs, tmp_path / "siam", CPU)
+    net = load_siamese(tmp_path / "siam" / "best").eval()
+    first, second, same = sample_pairs(glyphs["test"], 400, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        verified = ((net(first, second) > 0).float() == same).float().mean().item()
+    assert verified > 0.65, verified  # test classes never seen in training; chance is 0.5
     encoder = load_encoder(tmp_path / "siam" / "best")
     table = class_features(glyphs["test"], encoder)
-    acc = evaluate_features(nearest_neighbour, table, 4, 1, query=5, episodes=10, seed=0)
-    assert table.shape == (4, 20, 64) and 0 <= acc.mean <= 100
-    net = load_siamese(tmp_path / "siam" / "best")
+    acc = evaluate_features(nearest_neighbour, table, 4, 1, query=5, episodes=20, seed=0)
+    assert table.shape == (4, 20, 64) and acc.mean > 50, acc  # 4-way: chance is 25%
     ep, _ = next(feature_episodes(table, 4, 2, 3, episodes=2, seed=0))
     log_probs = verification_predictor(net)(ep)
     assert log_probs.shape == (2, 12, 4)
