@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,7 +26,8 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
 from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
-from .checkpoint import CONFIG, WEIGHTS, CheckpointError, load_model, model_kwargs, read_config, read_json
+from .checkpoint import (CONFIG, WEIGHTS, CheckpointError, check_config, load_model, model_kwargs, read_config,
+                         read_json)
 from .model import MatchingNetwork
 from .results import KEYS, results_table
 
@@ -33,6 +35,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "assets"  # the models that s
 CARD = "README.md"
 EXTRAS = ("results.json", "training.json", "training_log.jsonl")
 PUBLISHED = (CONFIG, WEIGHTS, CARD, *EXTRAS)  # everything `publish` uploads, in listing order
+HUB_PREFIX = "hf://"  # forces a name to be read as a Hub repo id
 TIMEOUT_S = 5.0  # network probes: long enough for a slow link, short enough that offline is not a hang
 PAPER_URL = "https://arxiv.org/abs/1606.04080"
 BIBTEX = """@inproceedings{vinyals2016matching,
@@ -73,6 +76,12 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, tok
     cached). Its config.json is checked here, so a broken one is reported as CheckpointError, not a JSON trace.
     """
     name = str(name_or_path)
+    if name.startswith(HUB_PREFIX):  # hf://USER/NAME: a Hub repo even where a local folder USER/ exists
+        repo_id = name[len(HUB_PREFIX):]
+        if not _is_repo_id(repo_id):
+            raise CheckpointError(f"{name}: not a Hugging Face Hub repo id (hf://USER/NAME)")
+        folder = _download(repo_id, revision, token, cache_dir, local_files_only, force_download)
+        return _checked(folder)
     path = Path(name).expanduser()
     if path.is_dir():
         folder = path
@@ -84,9 +93,19 @@ def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, tok
         shipped = ", ".join(shipped_models()) or "none in this install"
         raise CheckpointError(f"{name}: no such checkpoint folder, not a shipped model ({shipped}), "
                               "and not a Hugging Face Hub repo id (USER/NAME)")
+    elif path.parent.is_dir():  # runs/nosuch: a mistyped local path, not a request to the Hub
+        near = sorted(p.name for p in path.parent.iterdir() if p.is_dir())[:8]
+        raise CheckpointError(f"{name}: no such checkpoint folder ({path.parent}/ holds "
+                              f"{', '.join(near) or 'no folders'}); for the Hub repo of that name write "
+                              f"{HUB_PREFIX}{name}")
     else:
         folder = _download(name, revision, token, cache_dir, local_files_only, force_download)
-    model_kwargs(read_config(folder), folder / CONFIG)
+    return _checked(folder)
+
+
+def _checked(folder: Path) -> Path:
+    # config.json's keys and types before anything else reads it (the mixin, the model constructor)
+    check_config(model_kwargs(read_config(folder), folder / CONFIG), folder / CONFIG)
     return folder
 
 
@@ -181,6 +200,8 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None, cach
                 "Load it once with network access, or pass a local checkpoint folder.") from None
         except (HfHubHTTPError, EntryNotFoundError) as e:
             raise _hub_error(where, filename, e) from None
+        if filename == CONFIG:  # a hostile or broken config.json fails before the weights are fetched
+            _checked(Path(files[0]).parent)
     return Path(files[0]).parent
 
 
@@ -308,26 +329,49 @@ def _files_section(files: list[str] | None) -> list[str]:
 
 def stage(checkpoint: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None) -> list[Path]:
     """Write into `out` exactly what publish uploads: the model through save_pretrained (config, weights, card)
-    plus the checkpoint's results.json, training.json and training_log.jsonl where present. Returns the files."""
-    checkpoint, out = Path(checkpoint), Path(out)
+    plus the checkpoint's results.json, training.json and training_log.jsonl where present. Returns the files.
+
+    `out` must be a new or empty folder outside the checkpoint: a dry run deletes and overwrites nothing. The
+    files are written into a temporary folder beside it and moved in at the end, so a failure leaves no half."""
+    checkpoint, out = Path(checkpoint), Path(out).expanduser()
     model = load_model(checkpoint)  # validates the checkpoint before anything is written
     results, training = read_json(checkpoint / "results.json"), read_json(checkpoint / "training.json")
-    if out.exists():
-        stray = sorted(p.name for p in out.iterdir() if p.name not in PUBLISHED)
-        if stray or not out.is_dir():
-            raise CheckpointError(f"{out}: must be empty or absent (it holds {stray or 'a file'}); it receives "
-                                  "exactly the files to upload")
-        for p in out.iterdir():  # a previous staging: save_pretrained would keep an old README.md
-            p.unlink()
+    _check_outdir(checkpoint, out)
     extras = [f for f in EXTRAS if (checkpoint / f).is_file()]
     files = [CONFIG, WEIGHTS, CARD, *extras]
     folder = checkpoint.resolve()
     name = folder.parent.name if folder.name in ("best", "final") else folder.name  # runs/<name>/best
-    model.save_pretrained(out, model_card_kwargs=dict(results=results, training=training, repo_id=repo_id,
-                                                      name=name, files=files))
-    for f in extras:
-        shutil.copy2(checkpoint / f, out / f)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.staging"  # mkdir: the usual mode
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, model_card_kwargs=dict(results=results, training=training, repo_id=repo_id,
+                                                          name=name, files=files))
+        for f in extras:
+            shutil.copy2(checkpoint / f, tmp / f)
+        if out.is_dir():
+            out.rmdir()  # empty (checked above); fails, keeping both, if something appeared there meanwhile
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return [out / f for f in files]
+
+
+def _check_outdir(checkpoint: Path, out: Path) -> None:
+    """A dry run's OUTDIR: new, or an empty folder, and neither the checkpoint nor inside it."""
+    src, dst = checkpoint.resolve(), out.resolve()
+    fix = "choose a new or empty folder, e.g. --dry-run /tmp/upload"
+    if dst == src or src in dst.parents:
+        where = "is the checkpoint folder" if dst == src else "is inside the checkpoint folder"
+        raise CheckpointError(f"{out}: the dry-run OUTDIR {where} {checkpoint}; it would overwrite or add to the "
+                              f"checkpoint's files: {fix}")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: a file, not a folder; the dry-run OUTDIR receives the files to upload: {fix}")
+    if out.is_dir() and any(out.iterdir()):
+        held = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise CheckpointError(f"{out}: not empty (holds {shown}); a dry run deletes and overwrites nothing: {fix}")
 
 
 def check_repo_id(repo_id: str) -> None:
