@@ -10,15 +10,16 @@ import torch
 from matchnet.language.encoder import KINDS, SentenceEncoder
 from matchnet.language.episodes import build_pool, draw_episode, evaluation_episodes, SentenceEpisodeSampler
 from matchnet.language.oracle import LMConfig, oracle_predictor, stream, train_lm
-from matchnet.language.train import SentenceConfig
-from matchnet.language.vocab import (BLANK_ID, EOS, PAD_ID, Vocabulary, held_out_words, load_ptb, parse_lrand,
-                                     split_words)
+from matchnet.language.stats import Outcomes, bootstrap, query_outcomes, summary
+from matchnet.language.train import SentenceConfig, evaluate
+from matchnet.language.vocab import (BLANK_ID, EOS, PAD_ID, UNK, Vocabulary, exposure, held_out_words,
+                                     load_ptb, parse_lrand, split_words)
 from matchnet.episodes import Episodes
 from matchnet.model import MatchingClassifier, MatchingNetwork
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 PAPER = SHARED / "paper" / "matching-networks-vinyals-2016.md"
-PTB_DIR = SHARED / "data" / "ptb"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,10 +32,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def ptb():
-    if not PTB_DIR.is_dir():
-        pytest.skip("the real Penn Treebank (../shared/data/ptb) is not on this machine")
-    return load_ptb(PTB_DIR)
+def ptb(real_ptb_dir):  # conftest: ./data/ptb or ../shared/data/ptb; a skip fails under CI
+    return load_ptb(real_ptb_dir)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +76,36 @@ def test_word_split_is_disjoint_and_holds_out_the_papers_words(ptb, words):
     assert len(train) + len(valid) + len(test) == len(vocab) - 4
 
 
-def test_training_episodes_never_use_a_held_out_word(ptb, words):
-    pool = build_pool(ptb.train, words.train, min_sentences=7)
-    assert not set(pool.words) & set(words.test) and not set(pool.words) & set(words.valid)
+def test_training_episodes_never_show_a_held_out_word(ptb, words):
+    unk = ptb.vocab.index[UNK]
+    held = words.held_out
+    # Without hiding, training would read test words in context: every one of them is in ptb.train.txt.
+    seen = exposure(ptb, words)
+    assert seen["test_words_in_train_text"] == 1000 and seen["train_sentences_with_test_word"] == 32975
+    pool = build_pool(ptb.train, words.train, min_sentences=7, hide=held, unk=unk)
+    assert not set(pool.words) & held
     sampler = SentenceEpisodeSampler(pool, 5, [1, 2, 3], 4, seed=0)
+    hidden_seen = 0
     for _ in range(50):
         ep = sampler.sample(4)
-        assert not set(ep.classes.flatten().tolist()) & set(words.test)
+        tokens = set(torch.cat([ep.support.flatten(), ep.query.flatten()]).tolist())
+        assert not tokens & held  # neither as a label nor anywhere in a sentence
+        hidden_seen += int((ep.query == unk).sum())
+    assert hidden_seen > 0  # the hiding did happen (78% of training sentences hold a held-out word)
+
+
+def test_test_episodes_never_show_the_answer(ptb, words):
+    """Every occurrence of the label is blanked (277 test pairs hold it twice or more); other held-out words are <unk>."""
+    unk = ptb.vocab.index[UNK]
+    pool = build_pool(ptb.test, words.test, min_sentences=7, hide=words.held_out, unk=unk)
+    assert len(pool.words) == 156
+    repeated = sum(1 for w in pool.words for s in pool.holders[w] if ptb.test[s].count(w) > 1)
+    assert repeated == 277
+    for ep in evaluation_episodes(pool, 5, 3, 4, episodes=200, seed=0):
+        answers = ep.classes.gather(1, ep.query_labels)  # [E, Q] the label word of each query
+        assert not (ep.query == answers.unsqueeze(-1)).any()
+        assert not set(ep.query.flatten().tolist()) & words.held_out
+        assert ((ep.query == BLANK_ID).sum(-1) >= 1).all()
 
 
 def tiny_corpus() -> tuple[Vocabulary, list[list[int]]]:
@@ -102,12 +124,13 @@ def unblank(blanked: list[int], original: list[int]) -> list[int]:
     return [i for i, (a, b) in enumerate(zip(blanked, original)) if a != b]
 
 
-def test_episodes_blank_one_occurrence_and_never_reuse_a_sentence():
+def test_episodes_blank_every_occurrence_and_never_reuse_a_sentence():
     vocab, sentences = tiny_corpus()
     bank, rate = vocab.index["bank"], vocab.index["rate"]
     pool = build_pool(sentences, [bank, rate], min_sentences=3)
     assert pool.words == sorted([bank, rate])
     rng = random.Random(0)
+    seen_twice = False
     for _ in range(300):
         ep = draw_episode(pool, way=2, shot=2, query=2, rng=rng)
         ids = ep.support_ids + ep.query_ids
@@ -115,12 +138,33 @@ def test_episodes_blank_one_occurrence_and_never_reuse_a_sentence():
         blanked = ep.support + ep.query
         owners = [w for w in ep.words for _ in range(2)] * 2  # 2 support, then 2 query sentences per word
         for sentence, sid, word in zip(blanked, ids, owners):
-            assert sentence.count(BLANK_ID) == 1
             changed = unblank(sentence, sentences[sid])
-            assert len(changed) == 1 and sentences[sid][changed[0]] == word  # the label word, blanked once
-        if 4 in ids:  # "the bank of the bank": the other occurrence stays
+            # exactly the label word's occurrences are blanked, and nothing else changed
+            assert changed == [i for i, t in enumerate(sentences[sid]) if t == word]
+            assert all(sentence[i] == BLANK_ID for i in changed) and word not in sentence
+        if 4 in ids:  # "the bank of the bank": both occurrences go
             s = blanked[ids.index(4)]
-            assert s.count(bank) == 1 and s.count(BLANK_ID) == 1
+            assert s.count(bank) == 0 and s.count(BLANK_ID) == 2
+            seen_twice = True
+    assert seen_twice
+
+
+def test_hidden_words_become_unk_and_change_no_draw():
+    vocab, sentences = tiny_corpus()
+    bank, rate, the = vocab.index["bank"], vocab.index["rate"], vocab.index["the"]
+    unk = len(vocab)  # any id outside the sentences
+    plain = build_pool(sentences, [bank, rate], min_sentences=3)
+    hidden = build_pool(sentences, [bank, rate], min_sentences=3, hide={bank, rate, the}, unk=unk)
+    for seed in range(20):
+        a = draw_episode(plain, 2, 2, 2, random.Random(seed))
+        b = draw_episode(hidden, 2, 2, 2, random.Random(seed))
+        assert a.support_ids == b.support_ids and a.query_ids == b.query_ids
+        for x, y, word in zip(a.support + a.query, b.support + b.query, [w for w in a.words for _ in range(2)] * 2):
+            assert y.count(BLANK_ID) == x.count(BLANK_ID) >= 1  # the label is blanked, not hidden
+            other = ({bank, rate} - {word}) | {the}
+            assert not set(y) & other and y.count(unk) == sum(x.count(t) for t in other)
+    with pytest.raises(ValueError, match="unk"):
+        build_pool(sentences, [bank], min_sentences=3, hide={the})
 
 
 def test_words_with_too_few_sentences_are_not_used():
@@ -141,7 +185,7 @@ def test_evaluation_episodes_are_reproducible_and_padded():
     for x, y in zip(a, b):
         assert torch.equal(x.support, y.support) and torch.equal(x.query, y.query)
         assert x.support.shape[:2] == (x.support.shape[0], 2) and x.query_labels.tolist()[0] == [0, 0, 1, 1]
-        assert ((x.query == BLANK_ID).sum(-1) == 1).all()
+        assert ((x.query == BLANK_ID).sum(-1) >= 1).all()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -230,3 +274,55 @@ def test_every_ptb_config_parses():
         assert cfg.name.startswith("ptb-") and cfg.encoder in KINDS
     with pytest.raises(ValueError, match="unknown option"):
         SentenceConfig.from_toml(configs[0], encodr="lstm")
+
+
+def test_word_bootstrap_sees_the_word_sample_the_episode_interval_misses():
+    """Word A is always right, word B always wrong, both in every episode: every episode scores 50%."""
+    correct = torch.tensor([[True, True, False, False]]).repeat(500, 1)
+    words = torch.tensor([[7, 7, 9, 9]]).repeat(500, 1)
+    out = Outcomes(correct, words)
+    assert out.mean == 50.0
+    lo, hi = bootstrap(out, "episodes", replicates=400)
+    assert lo == hi == 50.0  # no spread over episodes at all
+    lo, hi = bootstrap(out, "words", replicates=400)
+    assert lo == 0.0 and hi == 100.0  # two words: a resample is {A, A}, {A, B} or {B, B}
+    cell = summary(out, replicates=400)
+    assert cell["ci95"] == 0.0 and cell["words"] == 2 and cell["boot_both"] == [0.0, 100.0]
+    with pytest.raises(ValueError, match="bootstrap over"):
+        bootstrap(out, "sentences")
+
+
+def test_query_outcomes_agree_with_evaluate():
+    vocab, sentences = tiny_corpus()
+    pool = build_pool(sentences, [vocab.index["bank"], vocab.index["rate"]], min_sentences=3)
+    torch.manual_seed(0)
+    model = SentenceConfig(encoder="bilstm-blank", embed_dim=8, hidden=4).model(len(vocab))
+    out = query_outcomes(model, pool, 2, 1, 2, episodes=30, seed=5, batch=7)
+    acc = evaluate(model, pool, 2, 1, 2, episodes=30, seed=5, batch=7, progress=False)
+    assert out.correct.shape == (30, 4) and abs(out.mean - acc.mean) < 1e-9
+    # label i of an episode is its i-th word: queries come class by class
+    ep = next(evaluation_episodes(pool, 2, 1, 2, episodes=1, seed=5))
+    assert out.words[0].tolist() == [ep.classes[0, 0].item()] * 2 + [ep.classes[0, 1].item()] * 2
+
+
+def test_table_headline_is_the_row_best_on_validation_not_on_test():
+    import sys
+    sys.path.insert(0, str(REPO / "train"))
+    import table_ptb
+
+    def cell(mean):
+        return {"mean": mean, "ci95": 1.0, "boot_episodes": [mean - 1, mean + 1], "boot_words": [mean - 3, mean + 3],
+                "boot_both": [mean - 3.2, mean + 3.2]}
+
+    def record(config, val, test):
+        return {"config": config, "label": config.upper(), "settings": {"fce": False, "val_episodes": 500},
+                "training": {"best_val": val, "steps": 10, "seconds": 60, "hardware": "CPU"},
+                "test": {"episodes": 1000, "seed": 0, "query": 4, "hardware": "CPU",
+                         **{f"k{k}": cell(test) for k in (1, 2, 3)}}}
+
+    rows = [record("ptb_a", val=40.0, test=60.0), record("ptb_b", val=45.0, test=50.0)]
+    text = table_ptb.render({}, rows, None, ["ptb_c"])
+    head = next(line for line in text.splitlines() if "selected on validation" in line and line.startswith("|"))
+    assert "PTB_B" in head and "50.00 ± 1.00" in head and "± 3.20 (words ± 3.00)" in head
+    assert "Matching Nets (ablation) | PTB_A" in text
+    assert "`ptb_c.toml`" in text and "Oracle LSTM-LM | not measured here" in text

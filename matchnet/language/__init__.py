@@ -5,6 +5,7 @@ episodes.py  N-way k-shot episodes of blanked sentences, as matchnet.episodes.Ep
 encoder.py   sentence encoders f' = g' for matchnet.model.MatchingClassifier
 train.py     episodic training and evaluation of the sentence Matching Network
 oracle.py    the LSTM language-model oracle (Zaremba et al. 2014)
+stats.py     test accuracy with bootstrap intervals over episodes and over the sample of test words
 
 `python train/run.py table ptb` (train/table_ptb.py) runs the whole experiment.
 """

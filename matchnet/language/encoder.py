@@ -6,8 +6,8 @@ variants here, from simplest up:
   bow           mean of the word embeddings (the blank has its own embedding)
   lstm          a left-to-right LSTM; its state after the last word
   bilstm        a bidirectional LSTM; the last forward state and the first backward state, concatenated
-  bilstm-blank  a bidirectional LSTM read out at the blank: the forward state there has read the left context,
-                the backward state the right context, so the vector describes the gap, not the whole sentence
+  bilstm-blank  a bidirectional LSTM read out at the (first) blank: the forward state there has read the left
+                context, the backward state the right context, so the vector describes the gap, not the sentence
 
 Input: token ids [B, T], padded with PAD_ID at the end. Padding never changes an embedding: the LSTMs run on
 packed sequences and the mean counts real tokens only.
@@ -55,6 +55,7 @@ class SentenceEncoder(nn.Module):
         if self.kind == "bilstm":
             return self.drop(torch.cat([h[-2], h[-1]], dim=-1))  # top layer: forward last, backward first
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # [B, T, 2H]
-        # The first blank of each sentence (episodes put exactly one); a sentence without one reads position 0.
+        # The first blank of each sentence (episodes blank every occurrence of the label word; 95% of sentences
+        # hold one); a sentence without a blank reads position 0.
         where = (tokens == BLANK_ID).float().argmax(1)
         return self.drop(out[torch.arange(tokens.shape[0], device=tokens.device), where])

@@ -133,6 +133,29 @@ class WordSplit:
     test: list[int]
     report: dict  # how the paper's list was matched to the vocabulary
 
+    @property
+    def held_out(self) -> frozenset[int]:
+        """Test and validation words: what a one-shot model must never read in training (nor in context at test)."""
+        return frozenset(self.test) | frozenset(self.valid)
+
+
+def exposure(ptb: PTB, split: WordSplit) -> dict:
+    """How much of ptb.train.txt holds held-out words: what episodes hide by mapping them to <unk>.
+
+    Dropping those sentences instead would keep only `train_sentences_without_held_out` of them.
+    """
+    test, held = set(split.test), split.held_out
+    seen = {w for s in ptb.train for w in s}
+    return {
+        "train_sentences": len(ptb.train),
+        "test_words_in_train_text": len(test & seen),
+        "train_sentences_with_test_word": sum(1 for s in ptb.train if test.intersection(s)),
+        "train_sentences_with_held_out_word": sum(1 for s in ptb.train if held.intersection(s)),
+        "train_sentences_without_held_out": sum(1 for s in ptb.train if not held.intersection(s)),
+        "train_tokens_hidden": sum(1 for s in ptb.train for w in s if w in held),
+        "train_tokens": sum(len(s) for s in ptb.train),
+    }
+
 
 def split_words(vocab: Vocabulary, lrand: list[str], test_size: int = 1000, valid_size: int = 500,
                 seed: int = 0) -> WordSplit:
