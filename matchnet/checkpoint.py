@@ -92,7 +92,10 @@ def check_config(kwargs: dict[str, Any], path: Path) -> None:
         params = {}
     for key, value in kwargs.items():
         want = params[key].annotation if key in params else None  # type: ignore[union-attr]
-        shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+        try:
+            shown = json.dumps(value)  # as the user wrote it in config.json
+        except (TypeError, ValueError):
+            shown = repr(value)
         if want is bool and not isinstance(value, bool):
             raise CheckpointError(f"{path}: {key} must be true or false, got {shown} ({_json_type(value)})")
         if want is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -102,6 +105,9 @@ def check_config(kwargs: dict[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path}: {key} must be a finite number, got {shown} ({_json_type(value)})")
         if key in _POSITIVE and isinstance(value, (int, float)) and not value > 0:
             raise CheckpointError(f"{path}: {key} must be positive, got {shown}")
+        if isinstance(value, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) for v in value):
+            raise CheckpointError(f"{path}: {key} must be a list of finite numbers, got {shown}")
     size, layers = kwargs.get("image_size"), kwargs.get("layers")
     if isinstance(size, int) and isinstance(layers, int) and size >> min(layers, 62) < 1:
         raise CheckpointError(f"{path}: image_size {size} cannot go through {layers} 2x2 poolings (at least "
@@ -160,8 +166,12 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
-    with torch.device("meta"):
-        check_weights_header(weights, MatchingNetwork(**kwargs))
+    try:
+        with torch.device("meta"):  # the architecture without memory: its constructor's own checks run here
+            meta = MatchingNetwork(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / CONFIG}: {_first_line(e)}") from None
+    check_weights_header(weights, meta)
     model = MatchingNetwork(**kwargs)
     try:
         state = load_file(weights)

@@ -2,6 +2,7 @@
 and the fix, and nothing lost, overwritten or half-written. No network: Hub calls are stubbed."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -212,3 +213,21 @@ def test_hf_prefix_forces_a_hub_lookup(tmp_path, monkeypatch):
         matchnet.load("hf://alice/tiny")
     with pytest.raises(CheckpointError, match=r"hf://nope: not a Hugging Face Hub repo id"):
         matchnet.load("hf://nope")
+
+
+def test_constructor_refusal_names_the_config(folder, monkeypatch):
+    """The constructor's own checks (e.g. mean/std per channel) run on the meta device and name config.json."""
+    @functools.wraps(MatchingNetwork.__init__)  # the same signature, so config.json's keys are still known
+    def refuse(self, *args, **kwargs):
+        raise ValueError("mean and std need one value per input channel (1); got [0.5, 0.5], [1, 1]")
+    monkeypatch.setattr(MatchingNetwork, "__init__", refuse)
+    with pytest.raises(CheckpointError, match=r"config\.json: mean and std need one value per input channel"):
+        ckpt.load_model(folder)
+
+
+def test_list_values_must_be_finite_numbers():
+    path = Path("x/config.json")
+    for bad in (["a"], [float("nan")], [True]):
+        with pytest.raises(CheckpointError, match=r"x/config\.json: mean must be a list of finite numbers"):
+            ckpt.check_config({"mean": bad}, path)
+    ckpt.check_config({"mean": [0.5, 1]}, path)  # fine
