@@ -1,0 +1,259 @@
+"""Within-alphabet one-shot (Lake, Salakhutdinov & Tenenbaum 2015): episodes whose N classes all come from one
+alphabet, the support drawn by one drawer and the queries by another; and a training sampler that mixes such
+hard-negative episodes with ordinary ones.
+
+Drawers: the loader (matchnet.data.omniglot) sorts each character's 20 drawings by the drawer number DD of
+its file name IIII_DD.png, and every Omniglot character has exactly drawers 01..20 (`drawers_in_zip` checks
+the zips; tests/test_alphabets.py runs it on the real data), so drawing index j of any split is drawer j + 1.
+Alphabets: a class is named "Alphabet/characterNN/rotDDD". For training, a class's group is its alphabet
+*and* rotation: a rotated alphabet is a new alphabet of new classes, as the rotated characters are new classes.
+Evaluation uses upright characters only, as Lake's test does.
+"""
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .data.fewshot import FewShotSplit
+from .data.omniglot import Omniglot
+from .episodes import EpisodeIndices, Episodes, gather
+from .evaluate import Accuracy, Predictor, mean_ci95, model_predictor
+
+# Lake et al.'s benchmark: 20-way 1-shot, one query per class (the query drawer's drawing of each character).
+LAKE_WAY = 20
+_DRAWER = re.compile(r"(images_background|images_evaluation)/([^/]+)/(character\d+)/\d+_(\d+)\.png$")
+
+
+def alphabet(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def class_groups(split: FewShotSplit) -> tuple[torch.Tensor, list[str]]:
+    """Group id per class (long [C], on the CPU) and the group names "Alphabet/rotDDD", in first-seen order."""
+    keys = [f"{alphabet(n)}/rot{90 * int(r):03d}" for n, r in zip(split.names, split.rotation.tolist())]
+    names = list(dict.fromkeys(keys))
+    index = {k: i for i, k in enumerate(names)}
+    return torch.tensor([index[k] for k in keys], dtype=torch.long), names
+
+
+def upright(split: FewShotSplit, alphabets: set[str] | None = None) -> FewShotSplit:
+    """The split's rotation-0 classes (only those of `alphabets` if given), sorted by name, with an images
+    tensor holding just their characters. Sorting makes the episodes of a seed depend only on which characters
+    are in the split, not on the split file's order, so models tested on different splits that share characters
+    see the same episodes; the compact tensor keeps the demo's preprocessing (per image) cheap."""
+    keep = sorted((n, int(s)) for n, s, r in zip(split.names, split.source.tolist(), split.rotation.tolist())
+                  if r == 0 and (alphabets is None or alphabet(n) in alphabets))
+    if not keep:
+        raise ValueError("no upright classes left in the split" + (f" for alphabets {sorted(alphabets)}"
+                                                                    if alphabets else ""))
+    sources = torch.tensor([s for _, s in keep], device=split.images.device)
+    n = len(keep)
+    return replace(split, images=split.images[sources], source=torch.arange(n, device=split.source.device),
+                   rotation=torch.zeros(n, dtype=torch.long, device=split.source.device),
+                   names=[name for name, _ in keep])
+
+
+def eligible_alphabets(split: FewShotSplit, way: int) -> tuple[list[str], dict[str, int]]:
+    """Groups with at least `way` classes (usable for within-alphabet episodes), and the skipped ones with
+    their sizes."""
+    groups, names = class_groups(split)
+    sizes = torch.bincount(groups, minlength=len(names)).tolist()
+    return ([g for g, s in zip(names, sizes) if s >= way], {g: s for g, s in zip(names, sizes) if s < way})
+
+
+def within_alphabet_indices(groups: torch.Tensor, per_class: int, episodes: int, way: int, shot: int,
+                            query: int, generator: torch.Generator) -> EpisodeIndices:
+    """Lake's episodes: an alphabet drawn uniformly among those with >= `way` classes, `way` of its classes,
+    and shot + query distinct drawers shared by every class: support = the first `shot` drawers' drawings,
+    queries = the next `query` drawers' (so with 1 shot and 1 query: support by drawer a, queries by drawer b).
+    Fixed draws per call: the same seed gives the same episodes on any device."""
+    if shot + query > per_class:
+        raise ValueError(f"{shot} shots + {query} queries exceed the {per_class} drawers per character")
+    device = generator.device
+    groups = groups.to(device)
+    sizes = torch.bincount(groups)
+    eligible = (sizes >= way).nonzero().flatten()
+    if len(eligible) == 0:
+        raise ValueError(f"{way}-way within-alphabet episodes need an alphabet with {way} classes; the largest "
+                         f"here has {int(sizes.max())}")
+    pick = eligible[torch.randint(len(eligible), (episodes,), generator=generator, device=device)]  # [E]
+    # uniform noise, pushed above every in-alphabet key for the other alphabets' classes: argsort = a uniform
+    # random order of the chosen alphabet's classes first
+    noise = torch.rand(episodes, len(groups), generator=generator, device=device)
+    keys = noise + 2.0 * (groups.unsqueeze(0) != pick.unsqueeze(1))
+    classes = keys.argsort(dim=1)[:, :way]
+    drawers = torch.rand(episodes, 1, per_class, generator=generator, device=device).argsort(dim=2)
+    return EpisodeIndices(classes, drawers[..., :shot + query].expand(episodes, way, shot + query))
+
+
+def within_alphabet_episodes(split: FewShotSplit, way: int, shot: int, query: int, episodes: int, seed: int,
+                             batch: int = 100):
+    """The same within-alphabet episodes for a seed on any device (indices drawn on the CPU), `batch` at a
+    time; groups are alphabet + rotation, so pass `upright(split)` for Lake's test."""
+    groups, _ = class_groups(split)
+    # draw among the eligible alphabets' classes only: a split that also holds a few characters of some other
+    # alphabet (Gurmukhi in the vinyals test split) gives the same episodes as one without them
+    keep = (torch.bincount(groups)[groups] >= way).nonzero().flatten()
+    if len(keep) == 0:
+        raise ValueError(f"{way}-way within-alphabet episodes need an alphabet with {way} classes; the largest "
+                         f"here has {int(torch.bincount(groups).max())}")
+    kept_groups = torch.unique(groups[keep], return_inverse=True)[1]
+    generator = torch.Generator().manual_seed(seed)
+    idx = within_alphabet_indices(kept_groups, split.per_class, episodes, way, shot, query, generator)
+    classes = keep[idx.classes]
+    for start in range(0, episodes, batch):
+        part = EpisodeIndices(classes[start:start + batch], idx.drawings[start:start + batch])
+        yield gather(split, part, shot)
+
+
+
+@torch.no_grad()
+def evaluate_within_alphabet(predict: Predictor | torch.nn.Module, split: FewShotSplit, way: int = LAKE_WAY,
+                             shot: int = 1, query: int = 1, episodes: int = 1000, seed: int = 0, batch: int = 50,
+                             progress: bool = True) -> Accuracy:
+    """Mean per-episode accuracy and its 95% interval over `episodes` within-alphabet episodes drawn with
+    `seed` (the same on any device). A module is evaluated in eval mode and its mode restored after."""
+    model = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+        predict = model_predictor(model)
+    try:
+        accs = []
+        batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
+        for ep in tqdm(batches, total=math.ceil(episodes / batch), desc=f"within-alphabet {way}w{shot}s",
+                       leave=False, disable=not progress):
+            accs.append((predict(ep).argmax(-1) == ep.query_labels).float().mean(1).cpu())
+    finally:
+        if model is not None:
+            model.train(was_training)
+    mean, ci = mean_ci95(torch.cat(accs))
+    return Accuracy(way, shot, query, episodes, seed, 100 * mean, 100 * ci)
+
+class AlphabetEpisodeSampler:
+    """Training episodes (EpisodeSampler's interface: .sample(E) -> Episodes, .generator for resume) of which a
+    fraction `within` are hard: their classes come from one alphabet (drawn uniformly among those with at least
+    `way` classes; a group is an alphabet at one rotation) or, when none is that big (60-way training), from as
+    few as possible (all of one, then the next one's, alphabets in random order) and, with `same_drawer`, each
+    support / query slot is drawn by one drawer for every class, as at test time. The rest are ordinary episodes
+    over all classes. Each episode is hard with probability `within`; every draw is a fixed-size torch op on the
+    split's device (no host sync, no per-episode Python)."""
+
+    def __init__(self, split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0,
+                 within: float = 0.5, same_drawer: bool = True, shuffle_support: bool = False):
+        if not 0.0 <= within <= 1.0:
+            raise ValueError(f"within (the fraction of within-alphabet episodes) must be in [0, 1], got {within}")
+        if way > split.num_classes:
+            raise ValueError(f"{way}-way episodes need {way} classes; this split has {split.num_classes}")
+        if shot + query > split.per_class:
+            raise ValueError(f"{shot} shots + {query} queries exceed the {split.per_class} examples per class")
+        self.split, self.way, self.shot, self.query = split, way, shot, query
+        self.within, self.same_drawer, self.shuffle_support = within, same_drawer, shuffle_support
+        groups, self.group_names = class_groups(split)
+        self.groups = groups.to(split.device)
+        self.small = (torch.bincount(groups) < way).to(split.device)  # [G]: too small to fill an episode alone
+        self.generator = torch.Generator(device=split.device).manual_seed(seed)
+
+    def indices(self, episodes: int) -> tuple[EpisodeIndices, torch.Tensor]:
+        """The episodes' indices and which of them are within-alphabet (bool [E])."""
+        g, dev = self.generator, self.split.device
+        e, c, m = episodes, self.split.num_classes, self.shot + self.query
+        hard = torch.rand(e, generator=g, device=dev) < self.within
+        ordinary = torch.rand(e, c, generator=g, device=dev).argsort(dim=1)[:, :self.way]
+        # integer keys = random rank of the class's alphabet x C + the class's place in a random order: sorting
+        # takes one alphabet's classes in random order, then the next alphabet's (integers: no float ties).
+        # Alphabets with >= way classes rank first, so an episode is one alphabet whenever one is big enough.
+        noise = torch.rand(e, len(self.group_names), generator=g, device=dev) + 2.0 * self.small
+        rank = noise.argsort(dim=1).argsort(dim=1)
+        place = torch.rand(e, c, generator=g, device=dev).argsort(dim=1).argsort(dim=1)
+        keys = rank[:, self.groups] * c + place
+        grouped = keys.argsort(dim=1)[:, :self.way]
+        classes = torch.where(hard.unsqueeze(1), grouped, ordinary)
+        own = torch.rand(e, self.way, self.split.per_class, generator=g, device=dev).argsort(dim=2)[..., :m]
+        shared = torch.rand(e, 1, self.split.per_class, generator=g, device=dev).argsort(dim=2)[..., :m]
+        if self.same_drawer:
+            drawings = torch.where(hard.view(e, 1, 1), shared.expand(e, self.way, m), own)
+        else:
+            drawings = own
+        return EpisodeIndices(classes, drawings), hard
+
+    def sample(self, episodes: int = 1) -> Episodes:
+        idx, _ = self.indices(episodes)
+        ep = gather(self.split, idx, self.shot)
+        return _shuffled(ep, self.generator) if self.shuffle_support else ep
+
+
+def _shuffled(ep: Episodes, generator: torch.Generator) -> Episodes:
+    """Each support set (images and labels together) in its own random order: FCE reads S as a sequence."""
+    e, s = ep.support_labels.shape
+    order = torch.rand(e, s, generator=generator, device=generator.device).argsort(1).to(ep.support.device)
+    images = ep.support.gather(1, order.view(e, s, *([1] * (ep.support.dim() - 2))).expand_as(ep.support))
+    return replace(ep, support=images, support_labels=ep.support_labels.gather(1, order))
+
+
+def training_sampler(split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0,
+                     within_alphabet: float = 0.0, same_drawer: bool = True, augment: bool = False,
+                     shuffle_support: bool = False):
+    """The sampler a training config asks for (what matchnet.train.build constructs): today's EpisodeSampler
+    when within_alphabet = 0 and augment = false (the same episode stream as before), else an
+    AlphabetEpisodeSampler, wrapped in matchnet.augment.AugmentedSampler when augment = true. All have
+    .sample(E) and one .generator to save for resume."""
+    from .augment import AugmentedSampler
+    from .episodes import EpisodeSampler
+
+    if within_alphabet == 0.0 and not augment:
+        if shuffle_support:
+            return EpisodeSampler(split, way, shot, query, seed=seed, shuffle_support=True)
+        return EpisodeSampler(split, way, shot, query, seed=seed)
+    sampler = AlphabetEpisodeSampler(split, way, shot, query, seed=seed, within=within_alphabet,
+                                     same_drawer=same_drawer, shuffle_support=shuffle_support)
+    return AugmentedSampler(sampler) if augment else sampler
+
+
+def alphabet_splits(data: Omniglot, val_alphabets: int = 5, seed: int = 0,
+                    min_characters: int = LAKE_WAY) -> dict[str, FewShotSplit]:
+    """Lake's protocol with whole alphabets held out for choosing: `val_alphabets` of the images_background
+    alphabets that have >= `min_characters` characters, drawn with `seed`, are validation (upright characters,
+    as the test); the other background alphabets train (x4 rotations, as the lake split). trainval (all of
+    images_background x4) and test (images_evaluation, upright) are the lake split's."""
+    back = [i for i in range(len(data.names)) if data.background[i]]
+    counts = Counter(alphabet(data.names[i]) for i in back)
+    candidates = sorted(a for a, n in counts.items() if n >= min_characters)
+    if val_alphabets > len(candidates) or val_alphabets < 1:
+        raise ValueError(f"val_alphabets must be 1..{len(candidates)} (background alphabets with "
+                         f">= {min_characters} characters), got {val_alphabets}")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {candidates[i] for i in order[:val_alphabets]}
+    train = [i for i in back if alphabet(data.names[i]) not in held]
+    val = [i for i in back if alphabet(data.names[i]) in held]
+    evaluation = [i for i in range(len(data.names)) if not data.background[i]]
+
+    def make(src, rot, names):
+        return FewShotSplit(data.images, torch.tensor(src), torch.tensor(rot), names)
+
+    def as_drawn(indices):
+        return make(indices, [0] * len(indices), [f"{data.names[i]}/rot000" for i in indices])
+
+    def rotated(indices):  # each character at 0/90/180/270 degrees, as four classes
+        return make([i for i in indices for _ in range(4)], [r for _ in indices for r in range(4)],
+                    [f"{data.names[i]}/rot{90 * r:03d}" for i in indices for r in range(4)])
+
+    return {"train": rotated(train), "val": as_drawn(val), "trainval": rotated(back), "test": as_drawn(evaluation)}
+
+
+def drawers_in_zip(path: str | Path) -> dict[str, list[int]]:
+    """"Alphabet/characterNN" -> its drawer numbers (the DD of IIII_DD.png), sorted, read from a zip's names."""
+    out: dict[str, list[int]] = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            m = _DRAWER.search(name)
+            if m:
+                out.setdefault(f"{m.group(2)}/{m.group(3)}", []).append(int(m.group(4)))
+    return {k: sorted(v) for k, v in out.items()}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Within-alphabet one-shot (Lake et al. 2015) for every shipped Omniglot model: docs/results/within_alphabet.*
+
+  python train/table_within_alphabet.py --data-root DIR [--device cpu] [--episodes 1000] [--seed 0]
+
+Each episode's N classes come from one test alphabet (alphabets with fewer than N characters are skipped and
+named), the support drawings are by one drawer and the queries by another, one query per class (Lake's 20-way
+1-shot; 5-way beside it). Two sets of test alphabets:
+  lake:    all 20 images_evaluation alphabets (Lake's benchmark). Only models trained on images_background alone
+           are tested here; the vinyals models trained on 8 of these alphabets.
+  vinyals: the 12 images_evaluation alphabets wholly in the vinyals test split, which no shipped model trained
+           on: the same episodes for every model.
+Each model is also tested with every image put through the demo's preprocessing (matchnet.inference).
+`train/run.py eval --checkpoint C --protocol within-alphabet` runs the same test for one checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from matchnet.alphabets import (LAKE_WAY, alphabet, eligible_alphabets, evaluate_within_alphabet,  # noqa: E402
+                                upright)
+
+# (way, seed offset): 20-way is Lake's benchmark; columns get their own seeds, as evaluate_table's do
+COLUMNS = ((LAKE_WAY, 0), (5, 1000))
+# Quoted from the papers, on Lake et al.'s 20 within-alphabet runs (20-way 1-shot, 400 test trials): not
+# measured here, and not on our episodes.
+QUOTED = (("Humans (Lake et al. 2015)", 95.5), ("Bayesian Program Learning (Lake et al. 2015)", 96.7),
+          ("Siamese net (Koch et al. 2015)", 92.0))
+OUT = ROOT / "docs" / "results"
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def within_alphabet_columns(model, test, episodes: int, seed: int, progress: bool = True) -> dict:
+    """20-way and 5-way within-alphabet 1-shot on `test` (upright characters): one dict per column."""
+    out = {}
+    for way, offset in COLUMNS:
+        used, skipped = eligible_alphabets(test, way)
+        t = time.perf_counter()
+        acc = evaluate_within_alphabet(model, test, way, 1, 1, episodes, seed + offset, progress=progress)
+        out[f"{way}w1s"] = {"mean": acc.mean, "ci95": acc.ci95, "episodes": episodes, "seed": seed + offset,
+                            "query_per_class": 1, "alphabets": len(used),
+                            "skipped": {a.split("/")[0]: n for a, n in skipped.items()},
+                            "seconds": round(time.perf_counter() - t, 1)}
+        print(f"  {way}-way within-alphabet 1-shot: {acc.mean:.2f} ± {acc.ci95:.2f}% ({episodes} episodes, "
+              f"{len(used)} alphabets" + (f"; skipped {sorted(out[f'{way}w1s']['skipped'])}" if skipped else "")
+              + ")", flush=True)
+    return out
+
+
+def eval_checkpoint(args, folder: Path, dataset: str, split: str, hw) -> dict:
+    """`train/run.py eval --protocol within-alphabet`: the test on the checkpoint's own test split's upright
+    characters; writes --out or runs/eval/NAME_within_alphabet_<N>ep_seed<S>.json (never the checkpoint's
+    results.json, which holds the standard protocol)."""
+    from matchnet.checkpoint import load_model
+    from matchnet.data import load_splits
+    from matchnet.train import resolve_device
+
+    dev = resolve_device(args.device or "auto")
+    model = load_model(folder, dev)
+    test = upright(load_splits(dataset, split, args.data_root or "data")["test"]).to(dev)
+    print(f"{folder}: within-alphabet on the {split} split's test alphabets")
+    result = {"checkpoint": str(folder), "dataset": dataset, "split": split, "protocol": "within-alphabet",
+              "hardware": hw(dev), "model": model.config,
+              "accuracy": within_alphabet_columns(model, test, args.episodes, args.seed)}
+    out = Path(args.out) if args.out else (
+        ROOT / "runs" / "eval" / f"{folder.resolve().name}_within_alphabet_{args.episodes}ep_seed{args.seed}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def shipped_models() -> list[Path]:
+    return sorted(p for p in (ROOT / "assets").glob("omniglot-*") if (p / "model.safetensors").is_file())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="data", help="folder holding omniglot-py/")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-preprocess", action="store_true", help="leave out the demo-preprocessing rows")
+    args = p.parse_args(argv)
+    if args.episodes < 1000:
+        sys.exit("error: the docs need at least 1000 episodes per column")
+
+    from matchnet.checkpoint import load_model
+    from matchnet.data import load_omniglot, omniglot_splits
+    from matchnet.inference import preprocess_split
+    from matchnet.train import resolve_device
+
+    dev = resolve_device(args.device)
+    data = load_omniglot(args.data_root)
+    lake_test = upright(omniglot_splits(data, "lake")["test"])
+    vinyals_test = [alphabet(n) for n in upright(omniglot_splits(data, "vinyals")["test"]).names]
+    # alphabets wholly in the vinyals test split: all of their characters are there
+    whole = {a for a in set(vinyals_test) if vinyals_test.count(a) == [alphabet(n) for n in lake_test.names].count(a)}
+    tests = {"lake": lake_test, "vinyals": upright(lake_test, whole)}
+    inputs = {"as drawn": tests}
+    if not args.skip_preprocess:
+        t = time.perf_counter()
+        processed = preprocess_split(lake_test)  # the vinyals set is a subset: restrict the processed images
+        inputs["demo preprocessing"] = {"lake": processed, "vinyals": upright(processed, whole)}
+        print(f"demo preprocessing of {lake_test.images.shape[0] * lake_test.per_class} images: "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
+
+    rows = []
+    for folder in shipped_models():
+        info = json.loads((folder / "training.json").read_text())
+        model = load_model(folder, dev)
+        standard = json.loads((folder / "results.json").read_text())["accuracy"]
+        for test_name in ("lake", "vinyals"):
+            if test_name == "lake" and info.get("split") != "lake":
+                continue  # trained on some of these alphabets: not a one-shot test
+            for input_name, sets in inputs.items():
+                print(f"{folder.name} on the {test_name} test alphabets, {input_name}:", flush=True)
+                rows.append({"model": folder.name, "trained_on": info.get("split"), "fce": model.config["fce"],
+                             "test_alphabets": test_name, "input": input_name,
+                             "accuracy": within_alphabet_columns(model, sets[test_name].to(dev), args.episodes,
+                                                                 args.seed, progress=False),
+                             "standard": {k: standard[k] for k in ("20w1s", "5w1s")}})
+    command = ("python train/table_within_alphabet.py --data-root " + args.data_root + f" --device {args.device}"
+               f" --episodes {args.episodes} --seed {args.seed}" + (" --skip-preprocess" if args.skip_preprocess else ""))
+    record = {"protocol": "within-alphabet (Lake et al. 2015)", "command": command, "hardware": hardware(dev),
+              "torch": torch.__version__, "episodes": args.episodes, "seed": args.seed,
+              "test_alphabets": {k: sorted({alphabet(n) for n in v.names}) for k, v in tests.items()},
+              "quoted": {name: {"20w1s": acc} for name, acc in QUOTED}, "rows": rows}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "within_alphabet.json").write_text(json.dumps(record, indent=2) + "\n")
+    (OUT / "within_alphabet.md").write_text(markdown(record))
+    from matchnet.results import write_results_md
+
+    print(f"wrote {OUT / 'within_alphabet.json'}, {OUT / 'within_alphabet.md'} and {write_results_md(ROOT)}")
+
+
+def _cell(acc: dict) -> str:
+    return f"{acc['mean']:.2f} ± {acc['ci95']:.2f}"
+
+
+def markdown(record: dict) -> str:
+    names = {"lake": "Lake's 20 (images_evaluation)", "vinyals": "12 of them, in no model's training"}
+    lines = ["## Within-alphabet one-shot (Lake et al. 2015's 20-way test)", "",
+             "| model | trained on | test alphabets | input | 20-way within-alphabet 1-shot | 5-way within-alphabet "
+             "1-shot | standard 20-way 1-shot (own test split) | standard 5-way 1-shot (own test split) |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in record["rows"]:
+        a, s = r["accuracy"], r["standard"]
+        lines.append(f"| {r['model']} | {r['trained_on']} split | {names[r['test_alphabets']]} | {r['input']} | "
+                     f"{_cell(a['20w1s'])} | {_cell(a['5w1s'])} | {_cell(s['20w1s'])} | {_cell(s['5w1s'])} |")
+    for name, q in record["quoted"].items():
+        lines.append(f"| *{name}* | – | *Lake et al.'s 20 runs* | *as drawn* | *{q['20w1s']}* | – | – | – |")
+    ep, seed = record["episodes"], record["seed"]
+    skipped = sorted({a for r in record["rows"] for c in r["accuracy"].values() for a in c["skipped"]})
+    alph = record["test_alphabets"]
+    lines += ["",
+              f"- Command: `{record['command']}` ({record['hardware']}, torch {record['torch']}); raw record: "
+              "`docs/results/within_alphabet.json`. One checkpoint: `python train/run.py eval --checkpoint "
+              "assets/<name> --protocol within-alphabet`.",
+              f"- Episodes: {ep} per column, seed {seed} (20-way) and {seed + 1000} (5-way), the same for every "
+              "model on a set of alphabets. Each picks one alphabet uniformly among those with at least N "
+              "characters, N of its characters, and two drawers (Omniglot's file names IIII_DD.png: DD is the "
+              "drawer): every support drawing is by the first, every query by the second, one query per class "
+              f"(so {ep * 20:,} 20-way queries). Characters upright, as drawn. ± is the half-width of the 95% "
+              "interval over episodes.",
+              f"- Lake's alphabets: all {len(alph['lake'])} images_evaluation alphabets (none has fewer than 20 "
+              "characters: none skipped). Only `omniglot-lake` (trained on images_background alone) is tested "
+              "on them: the vinyals split trains on 8 of these alphabets. The second set is the "
+              f"{len(alph['vinyals'])} of them wholly inside the vinyals test split ({', '.join(alph['vinyals'])}), "
+              "so every shipped model gets a one-shot test on identical episodes"
+              + (f"; skipped as too small: {', '.join(skipped)}" if skipped else "") + ".",
+              "- Standard columns: the model's row of the Omniglot table above (its own split's test classes, "
+              "15 queries per class, classes from any alphabet), for comparison.",
+              "- Demo preprocessing: each image put through `matchnet.inference.preprocess_split` (the app's "
+              "crop, recentre, stroke redraw and shrink) before the episode is built.",
+              "- Numbers in *italics* are quoted from the papers (humans and BPL: Lake et al. 2015; siamese net: "
+              "Koch et al. 2015), on Lake et al.'s 20 runs of 20-way 1-shot (400 test trials), not on these "
+              "episodes and not measured here. No model here is trained for this test yet: the recipe "
+              "(within-alphabet hard episodes, affine augmentation, alphabets held out of images_background for "
+              "choosing) is `train/configs/omniglot_lake_within.toml`, and it needs a GPU run."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
