@@ -155,7 +155,8 @@ def _entries(folder: Path, part: str) -> Iterator[dict[tuple[str, str, str], tup
         yield entries
 
 
-def _to_array(png: bytes, size: int, label: str) -> np.ndarray:
+def _to_array(png: bytes, size: int, label: str = "image") -> np.ndarray:
+    """PNG bytes -> uint8 [size, size], ink = 255 (also the demo's reference pipeline); label names the file."""
     try:
         img = Image.open(io.BytesIO(png)).convert("L")  # convert() decodes, so a truncated file fails here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
