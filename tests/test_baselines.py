@@ -315,3 +315,33 @@ def test_report_never_shows_a_paper_number_as_ours(tmp_path):
     line = next(ln for ln in text.splitlines() if ln.startswith("| Pixels"))
     assert "50.00 ± 1.00 *(41.7)*" in line and "not measured *(63.2)*" in line
     assert "python train/run.py table omniglot" in text
+
+
+def test_report_prints_only_numbers_from_its_records(tmp_path):
+    """The generated section has no hand-typed numbers: every decimal in it comes from the rows or the
+    shorter-runs record (hand-written notes live in docs/results/omniglot_table_notes.md)."""
+    import json
+    import re
+
+    paper = {"siamese": ("Siamese", "Cosine", "N", (96.7, 98.4, 88.0, 96.5))}
+    accuracy = {k: {"mean": m, "ci95": 0.31} for k, m in zip(("5w1s", "5w5s", "20w1s", "20w5s"),
+                                                              (95.67, 98.69, 86.61, 95.03))}
+    row = {"row": "siamese", "accuracy": accuracy, "episodes": 1000, "seed": 0, "hardware": "cpu", "seconds": 3.0,
+           "command": "python train/run.py table omniglot", "checkpoint": str(tmp_path / "gone"),
+           "trained": {"steps": 12000, "seconds": 4208, "hardware": "cpu"}}
+    earlier = {"source_commit": "abcdef0123", "runs": {"siamese": {
+        "steps": 3000, "train_seconds": 1060, "trained_on": "cpu", "best_val_20w1s": 76.02,
+        "rows": {"siamese": {"accuracy": {k: {"mean": m, "ci95": 0.4} for k, m in
+                                          zip(("5w1s", "5w5s", "20w1s", "20w5s"), (91.26, 96.54, 75.7, 88.69))}}}}}}
+    record = tmp_path / "shorter.json"
+    record.write_text(json.dumps(earlier))
+    text = write_markdown([row], tmp_path / "t.md", paper, {}, FinetuneConfig(), shorter_runs=record).read_text()
+    assert "91.26 / 96.54 / 75.70 / 88.69" in text and "95.67 / 98.69 / 86.61 / 95.03" in text
+    assert "not in the repository" in text  # the row's checkpoint folder does not exist
+    allowed = {f"{x:.2f}" for x in (91.26, 96.54, 75.7, 88.69, 95.67, 98.69, 86.61, 95.03, 76.02, 0.31)}
+    allowed |= {str(x) for x in (96.7, 98.4, 88.0, 96.5)}
+    decimals = set(re.findall(r"\d+\.\d+", text))
+    assert decimals <= allowed, decimals - allowed
+    # without the record, no comparison is printed (and nothing is made up)
+    plain = write_markdown([row], tmp_path / "p.md", paper, {}, FinetuneConfig(), shorter_runs=None).read_text()
+    assert "Training length" not in plain

@@ -10,88 +10,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[2]
 COLUMN_NAMES = {"5w1s": "5-way 1-shot", "5w5s": "5-way 5-shot", "20w1s": "20-way 1-shot", "20w5s": "20-way 5-shot"}
 
-NOTES = """\
-How the rows are built (code: `matchnet/baselines/`, configs: `train/configs/baseline_*.toml`):
-
-- **Same test episodes as the Matching Network.** Every row is scored on the episodes `train/run.py eval`
-  draws (same seeds: column *i* uses seed + 1000·*i*; 15 queries per class; 1,692 test classes) with the same
-  mean and 95% interval. Frozen encoders embed each test image once and episodes gather the features
-  (`features.py`); the test suite checks that this gives exactly `matchnet.evaluate`'s accuracy, and the
-  *Matching Nets* row below, measured this way, reproduces `assets/omniglot-vinyals/results.json`.
-- **Nearest neighbour**: a query takes the class of the support example with the highest cosine similarity.
-  Pixels: the 28×28 image itself (ink = 1, paper = 0) is the vector. The extra row *Pixels, paper = 1 and
-  ink = 0* uses Omniglot's stored polarity instead: the white paper then dominates every cosine. It comes
-  much closer to the paper's Pixels numbers than ink = 1 does, which suggests the paper matched the images
-  as Omniglot stores them.
-- **Baseline classifier**: the same Conv-4 + a linear layer + softmax over all 4,112 training classes
-  (1,028 characters × 4 rotations of the vinyals train split), cross-entropy, Adam; its 64-d Conv-4 output
-  (the layer before the linear softmax layer) is the feature. Kept: the step with the best validation
-  20-way 1-shot nearest-neighbour accuracy.
-- **Siamese net** (Koch et al. 2015): the same Conv-4 as twin embeddings, p(same) = σ(α·|f(x₁) − f(x₂)| + b),
-  binary cross-entropy on balanced same/different pairs of training classes; Koch's larger network and affine
-  distortions are not used. Matching: cosine nearest neighbour on f, as the paper's table says; the extra
-  row *Koch's p(same)* matches with the learned head instead (the support example with the highest p).
-- **MANN (no conv)** (Santoro et al. 2016): LSTM controller (200) + least-recently-used-access memory
-  (128 slots × 40, 4 read heads, γ = 0.95) on raw pixels, trained on 5-way episodes presented as sequences
-  (labels offset by one step, Santoro's format); each query is presented after the support set, on its
-  own, with the last support label. 5-way only, as in the paper; one model for both columns (trained on
-  1- and 5-shot episodes in turn). The memory equations are tested against a loop written from Santoro et
-  al.'s. The paper's 82.8 / 94.9 appear to be Santoro et al.'s own accuracies at the 2nd and 5th
-  presentation of a class in their online sequences, quoted, not a 5-way k-shot episode measurement.
-- **Fine-tuning on S′**: per test episode, Adam on a copy of the top Conv-4 block(s) and an N-way head,
-  using the support set's labels only (no query labels, no query images; `finetune.py`). *Cosine* rows:
-  the head is a cosine classifier initialised at the class means of the support features (step 0 = no
-  fine-tuning), then queries are matched with the row's own function on the fine-tuned features.
-  *Softmax*: a zero-initialised linear softmax head (its own learning rate, 0.01) trained on S′ classifies
-  the queries. Learning rate and number of steps are chosen per row and column on validation episodes (val
-  classes), listed below. Rates of 1e-2 and more (tried first, on validation) wrecked the features.
-- **MNIST transfer**: models trained on Omniglot only, one-shot 10-way episodes (15 queries per class) from
-  the MNIST test set (the first 892 images of each digit, so that every class has the same number).
-  MNIST stores white ink on black, the convention used here for Omniglot (ink = 255), so no inversion;
-  no rescaling or recentring either (both 28×28; MNIST digits are taller, 19.6 vs 14.6 px of inked rows
-  on average, and carry more ink, 13% vs 9% of pixels above half intensity). These choices were made
-  before measuring and not tuned: MNIST has no validation set here. The rows *through the app's
-  preprocessing* feed the same models every MNIST image as the demo treats a drawing
-  (`matchnet.inference.preprocess_split`: crop to the ink, scale and centre it as Omniglot characters
-  sit on their page, redraw the strokes at Omniglot's width, shrink to 28×28); that preprocessing was
-  designed and tuned on Omniglot only (docs/APP.md), and these rows were decided on before their numbers
-  were seen; they are reported as measured.
-
-Where our numbers are far from the paper's:
-
-- *Baseline classifier*, all three rows, are far above the paper's: the same Conv-4 with BatchNorm, trained
-  with Adam and selected on validation (the paper gives no recipe), is nearly as good a feature as the
-  Matching Network's. Fine-tuning on S′ then has little to add: on validation (every setting tried is in
-  `omniglot_table.json`, the chosen ones above) it gained little or nothing with these features, larger
-  rates and more steps lost accuracy, most in 1-shot, and the 5-shot columns of the weaker siamese
-  features gained the most.
-- *Siamese net*: training length was the gap. 3,000 steps of 128 pairs gave 91.3 / 96.5 / 75.7 / 88.7 with
-  validation accuracy still rising; 12,000 steps (the recipe in `train/configs/baseline_siamese.toml`,
-  about 70 min on one CPU thread) are above the paper on 5-way 5-shot and 1.0 to 1.7 points below it on
-  the other three columns, with and without fine-tuning. Koch et al.'s own matching rule (the learned p(same))
-  is up to a point better than cosine on 1-shot and a little worse on 5-shot. Not tried: Koch et al.'s
-  affine distortions and larger network.
-- *MANN* stays below the paper's numbers, which are not the same measurement (see above). 48,000 steps
-  (768,000 episodes, about 55 min on one CPU thread) gave 74.6 / 83.4 on test where 12,000 steps gave
-  65.3 / 72.5; validation accuracy rose by under a point over the last 12,000 steps, as the learning rate
-  decayed. Santoro et al. trained for 100,000 episodes of 50 presentations each, on sequences with 10
-  instances per class, a longer and different format from this 5-way k-shot episode. The MANN learns
-  slowly at first: in an earlier run its validation accuracy stayed at chance for ~2,500 steps.
-- *Ordering*: here pixels < siamese < baseline classifier < Matching Nets on every column; the paper has
-  the classifier below the siamese net. The classifier is the row that moved: trained on all 4,112
-  training classes with BatchNorm, Adam and selection on validation, its features are nearly as good as
-  the Matching Network's (later work, e.g. Chen et al. 2019, *A Closer Look at Few-shot Classification*,
-  found the same of well-trained classification baselines). Matching Nets stay first in every column.
-- *MNIST*: on the digits as stored, Matching Nets are 10 points under the paper's number, the siamese net
-  12 under Koch et al.'s and the baseline classifier 3 under the paper's. Put through
-  the app's preprocessing (Omniglot's size, position and stroke width), the same models reach 73.8
-  (Matching Nets; the paper's 72), 71.3 (baseline classifier; 63) and 68.6 (siamese; Koch et al.'s 70):
-  the gap was how digits are drawn compared with Omniglot's characters, not the models. Raw pixels lose
-  instead (44.2 to 36.1): thin redrawn strokes of two drawings overlap less. The paper does not say how it
-  prepared MNIST.
-"""
+# The hand-written notes on these rows (how each is built, why it differs from the paper) live in
+# docs/results/omniglot_table_notes.md, which docs/RESULTS.md includes right after this generated section:
+# everything this module writes is computed from the measured rows and the records named beside it.
+NOTES_FILE = "docs/results/omniglot_table_notes.md"
+# Earlier, shorter training runs of the siamese net and the MANN (extracted from git history): the raw record
+# of the training-length comparison.
+SHORTER_RUNS = Path(__file__).resolve().parents[2] / "docs" / "bench" / "baselines_shorter_runs.json"
 
 
 def _cell(acc: dict | None, paper: float | None) -> str:
@@ -99,7 +27,6 @@ def _cell(acc: dict | None, paper: float | None) -> str:
     return ours if paper is None else f"{ours} *({paper})*"
 
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _shown(path: str) -> str:
@@ -110,18 +37,34 @@ def _shown(path: str) -> str:
         return path
 
 
-def _training(checkpoint: str) -> str:
-    """How the row's model was trained, from the training.json beside it (ours or the core's format)."""
+def _checkpoint_folder(checkpoint: str) -> Path:
     folder = Path(checkpoint)
-    if not folder.is_absolute() and not folder.exists():
-        folder = REPO / folder
+    return folder if folder.is_absolute() or folder.exists() else REPO / folder
+
+
+def _training_record(row: dict) -> dict | None:
+    """How the row's model was trained: the row's own `trained` record, else the training.json beside its
+    checkpoint (ours or the core's format)."""
+    if row.get("trained"):
+        return row["trained"]
+    folder = _checkpoint_folder(row["checkpoint"])
     for candidate in (folder / "training.json", folder.parent / "training.json"):
         if candidate.is_file():
             t = json.loads(candidate.read_text())
             steps = t.get("steps_done") or (t.get("recipe") or t.get("train_config") or {}).get("steps")
-            where = t.get("hardware") or t.get("trained_on", "?")
-            return f"; trained {steps} steps in {t.get('train_seconds', 0):.0f} s on {where}"
-    return ""
+            return {"steps": steps, "seconds": t.get("train_seconds", 0), "best_val": t.get("best_val"),
+                    "hardware": t.get("hardware") or t.get("trained_on", "?")}
+    return None
+
+
+def _training(row: dict) -> str:
+    t = _training_record(row)
+    text = f"; trained {t['steps']} steps in {t['seconds']:.0f} s on {t['hardware']}" if t else ""
+    if t and t.get("source"):
+        text += f" ({t['source']})"
+    if not (_checkpoint_folder(row["checkpoint"]) / "config.json").is_file():
+        text += "; this checkpoint is not in the repository"
+    return text
 
 
 def _provenance(rows: list[dict]) -> list[str]:
@@ -136,16 +79,50 @@ def _provenance(rows: list[dict]) -> list[str]:
                      f"seed {seed}:")
         for r in members:
             where = f", model `{_shown(r['checkpoint'])}`" if r.get("checkpoint") else ""
-            trained = _training(r["checkpoint"]) if r.get("checkpoint") else ""
+            trained = _training(r) if r.get("checkpoint") else ""
             lines.append(f"  - `{r['row']}`: {r['seconds']:.0f} s{where}{trained}")
     return lines
 
 
-def write_markdown(rows: list[dict], path: Path, paper: dict, paper_mnist: dict, finetune_cfg: Any) -> Path:
+def _accs(acc: dict) -> str:
+    return " / ".join(f"{acc[k]['mean']:.2f}" for k in list(COLUMN_NAMES) if k in acc)
+
+
+def _training_length(by_key: dict, shorter: dict | None, source: str) -> list[str]:
+    """The shorter runs against the table's rows, every number read from the two records."""
+    if not shorter:
+        return []
+    lines = []
+    for key, run in shorter["runs"].items():
+        now = by_key.get(key)
+        if not now:
+            continue
+        t = _training_record(now) if now.get("checkpoint") else None
+        before = run["rows"][key]["accuracy"]
+        took = f" in {run['train_seconds']:.0f} s on {run['trained_on']}" if run.get("train_seconds") else ""
+        val = f", best validation 20-way 1-shot {run['best_val_20w1s']:.2f}" if run.get("best_val_20w1s") else ""
+        longer = (f"{t['steps']} steps in {t['seconds']:.0f} s on {t['hardware']}"
+                  + (f", best validation 20-way 1-shot {t['best_val']:.2f}" if t.get("best_val") else "")) if t \
+            else "the table's run"
+        lines.append(f"- `{key}`: {run['steps']} steps{took}{val}: {_accs(before)} on test; "
+                     f"{longer}: {_accs(now['accuracy'])} (the table).")
+    if lines:
+        lines = ["### Training length", "",
+                 f"The same rows from earlier, shorter runs (raw: `{source}`, extracted from commit "
+                 f"{shorter['source_commit'][:7]}; same test episodes and seed):", ""] + lines
+    return lines
+
+
+def write_markdown(rows: list[dict], path: Path, paper: dict, paper_mnist: dict, finetune_cfg: Any,
+                   shorter_runs: Path | None = SHORTER_RUNS) -> Path:
+    """The generated section: tables, provenance, fine-tuning choices and the training-length comparison,
+    each computed from `rows` and `shorter_runs` (None: leave that comparison out). No hand-typed numbers."""
     by_key = {r["row"]: r for r in rows}
     lines = ["## Table 1: the paper's baselines on Omniglot", "",
              "Generated by `python train/run.py table omniglot` (`train/table_omniglot.py`); do not edit by hand. "
-             "Each cell: our accuracy in % ± the half-width of its 95% confidence interval over the test episodes, "
+             "Every number in this section is computed from `docs/results/omniglot_table.json` and the records "
+             "named in it. Each cell: our accuracy in % ± the half-width of its 95% confidence interval over the "
+             "test episodes, "
              "then *(the paper's Table 1 number, quoted, not measured here)*. Vinyals split; every row is "
              "evaluated on the same test episodes.", "",
              "| model | matching fn | fine-tune | " + " | ".join(COLUMN_NAMES.values()) + " |",
@@ -188,7 +165,13 @@ def write_markdown(rows: list[dict], path: Path, paper: dict, paper_mnist: dict,
                     cell += f" (0 steps: {base:.2f})"
                 cells.append(cell)
             lines.append(f"| `{r['row']}` | " + " | ".join(cells) + " |")
-    lines += ["", NOTES]
+    shorter = json.loads(shorter_runs.read_text()) if shorter_runs and shorter_runs.is_file() else None
+    shown = _shown(str(shorter_runs)) if shorter_runs else ""
+    length = _training_length(by_key, shorter, shown)
+    if length:
+        lines += [""] + length
+    lines += ["", f"How the rows are built and where they differ from the paper: the hand-written notes below "
+              f"(`{NOTES_FILE}`)."]
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
 
