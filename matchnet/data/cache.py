@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -108,7 +109,8 @@ def save_cached(root: str | os.PathLike, name: str, key: str,
 
 def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace is then atomic
+    # same folder, so os.replace is atomic; pid + random: concurrent writers (processes or threads) never collide
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; a shared data folder needs others to read
