@@ -311,7 +311,7 @@ def test_table_headline_is_the_row_best_on_validation_not_on_test():
     import table_ptb
 
     def cell(mean):
-        return {"mean": mean, "ci95": 1.0, "boot_episodes": [mean - 1, mean + 1], "boot_words": [mean - 3, mean + 3],
+        return {"mean": mean, "ci95": 1.0, "words": 156, "boot_episodes": [mean - 1, mean + 1], "boot_words": [mean - 3, mean + 3],
                 "boot_both": [mean - 3.2, mean + 3.2]}
 
     def record(config, val, test):
@@ -326,3 +326,4 @@ def test_table_headline_is_the_row_best_on_validation_not_on_test():
     assert "PTB_B" in head and "50.00 ± 1.00" in head and "± 3.20 (words ± 3.00)" in head
     assert "Matching Nets (ablation) | PTB_A" in text
     assert "`ptb_c.toml`" in text and "Oracle LSTM-LM | not measured here" in text
+    assert "the word sample is 90% / 90% / 90% of the variance" in text  # 3² / (3² + 1²)
