@@ -1,14 +1,39 @@
 """Datasets as one tensor each, and the class lists of their few-shot splits."""
+from typing import Any
+
 from .fewshot import FewShotSplit
 from .mnist import load_mnist
 from .omniglot import DatasetNotFoundError, Omniglot, load_omniglot, omniglot_splits
 
-__all__ = ["FewShotSplit", "DatasetNotFoundError", "Omniglot", "load_mnist", "load_omniglot", "load_splits",
-           "omniglot_splits"]
+__all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "load_mnist", "load_omniglot",
+           "load_splits", "omniglot_splits"]
+
+DATASETS = ("omniglot", "miniimagenet", "folder")
+OMNIGLOT_OPTIONS = {"image_size": int}
 
 
-def load_splits(dataset: str, split: str, root: str, download: bool = False) -> dict[str, FewShotSplit]:
-    """The named dataset's splits (train / val / trainval / test) as FewShotSplits sharing one tensor."""
+def load_splits(dataset: str, split: str, root: str, download: bool = False,
+                **options: Any) -> dict[str, FewShotSplit]:
+    """The named dataset's splits (train / val / trainval / test) as FewShotSplits sharing one tensor.
+
+    omniglot:      split vinyals | lake; options: image_size (28)
+    miniimagenet:  split ravi; layout (Ravi's images/ + CSVs, or {train,val,test}/<wnid>/) found by itself;
+                   options: image_size (84), resize, per_class, seed, workers, cache, progress, csv_dir
+    folder:        ROOT/<class>/*.jpg; split random (options proportions, seed) | lists (options
+                   train_classes, val_classes, test_classes); plus the miniimagenet options but csv_dir
+    Options come from a training config's [data_options]; an unknown one is a ValueError naming it.
+    """
     if dataset == "omniglot":
-        return omniglot_splits(load_omniglot(root, download=download), split)
-    raise ValueError(f"unknown dataset {dataset!r}; choose 'omniglot'")
+        unknown = sorted(set(options) - set(OMNIGLOT_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown data option(s) {unknown} for dataset 'omniglot'; known: "
+                             f"{sorted(OMNIGLOT_OPTIONS)}")
+        for key, value in options.items():
+            if not isinstance(value, OMNIGLOT_OPTIONS[key]) or isinstance(value, bool):
+                raise ValueError(f"data option {key} should be {OMNIGLOT_OPTIONS[key].__name__}, got {value!r}")
+        return omniglot_splits(load_omniglot(root, download=download, **options), split)
+    if dataset in ("miniimagenet", "folder"):
+        from .images import LOADERS  # PIL decoding and multiprocessing: only imported when used
+
+        return LOADERS[dataset](root, split, download, **options)
+    raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

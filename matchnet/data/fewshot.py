@@ -10,7 +10,8 @@ import torch
 class FewShotSplit:
     """Classes are (source, rotation) pairs: class c shows images[source[c]] rotated by 90° x rotation[c].
 
-    images: uint8 [num_sources, per_source, H, W] (or [.., C, H, W]); 255 = ink for Omniglot. The whole
+    images: uint8 [num_sources, per_source, H, W] (or [.., C, H, W]); 255 = ink for Omniglot, RGB for natural
+    images (rotation 0: they are never rotated into new classes). The whole
     dataset is one tensor so that it can live on the GPU and episodes can be gathered with torch ops.
     Several splits may share one images tensor.
     """
@@ -19,10 +20,16 @@ class FewShotSplit:
     source: torch.Tensor  # long [num_classes]
     rotation: torch.Tensor  # long [num_classes], 0..3
     names: list[str]
+    # Per-channel mean / std of the training images in [0, 1] units (natural images; None for Omniglot). The
+    # model normalises with the training split's values, so every split of a dataset carries the same ones.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.source) == len(self.rotation) == len(self.names)):
             raise ValueError("source, rotation and names must have one entry per class")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both or neither")
 
     @property
     def num_classes(self) -> int:
@@ -37,7 +44,8 @@ class FewShotSplit:
         return self.images.device
 
     def to(self, device: torch.device | str) -> "FewShotSplit":
-        return FewShotSplit(self.images.to(device), self.source.to(device), self.rotation.to(device), self.names)
+        return FewShotSplit(self.images.to(device), self.source.to(device), self.rotation.to(device), self.names,
+                            self.mean, self.std)
 
     def class_images(self, c: int) -> torch.Tensor:
         """All images of class c as uint8 [per_class, (C,) H, W], rotated."""

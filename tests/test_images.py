@@ -1,0 +1,321 @@
+"""Natural images: miniImageNet's two layouts, any image folder, the decode cache, bad files, per-channel
+normalisation, RGB checkpoints, and training through the CLI on a synthetic colour dataset (no network, no
+natural images: matchnet.data.synthetic draws them)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from matchnet.checkpoint import load_model, model_kwargs, save_model
+from matchnet.data import DatasetNotFoundError, load_splits
+from matchnet.data import images as images_mod
+from matchnet.data.images import read_ravi_csv
+from matchnet.data.synthetic import write_synthetic
+from matchnet.model import MatchingNetwork
+
+ROOT = Path(__file__).resolve().parents[1]
+RAVI = [ROOT / "data" / "miniimagenet" / "splits" / "ravi",
+        ROOT.parent / "shared" / "data" / "miniimagenet" / "splits" / "ravi"]
+QUIET = {"workers": 1, "progress": False}  # one process: the test files are tiny
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict[str, Path]:
+    """The same 20 classes x 30 images in each layout: 10 train / 5 val / 5 test classes."""
+    base = tmp_path_factory.mktemp("synthetic")
+    return {layout: write_synthetic(base / layout, layout, parts=(10, 5, 5)) for layout in ("csv", "splits", "folder")}
+
+
+def fresh(src: Path, dst: Path) -> Path:
+    """A copy without any cache (tests that damage files work on their own copy)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("matchnet_cache_*"))
+    return dst
+
+
+# -- layouts --------------------------------------------------------------------------------------------------
+
+def test_both_miniimagenet_layouts_give_the_same_splits(synthetic):
+    a = load_splits("miniimagenet", "ravi", str(synthetic["csv"]), image_size=SIZE, **QUIET)
+    b = load_splits("miniimagenet", "ravi", str(synthetic["splits"]), image_size=SIZE, workers=2, progress=False)
+    for p in ("train", "val", "test", "trainval"):
+        assert a[p].names == b[p].names
+        assert torch.equal(a[p].images[a[p].source], b[p].images[b[p].source])  # the parallel decode agrees
+    assert [a[p].num_classes for p in ("train", "val", "test", "trainval")] == [10, 5, 5, 15]
+    assert a["train"].images.shape == (20, 30, 3, SIZE, SIZE) and a["train"].images.dtype == torch.uint8
+    assert not set(a["train"].names) & set(a["test"].names)
+    assert a["train"].mean == b["train"].mean and a["test"].mean == a["train"].mean
+
+
+def test_mean_and_std_come_from_the_training_classes_only(synthetic):
+    s = load_splits("miniimagenet", "ravi", str(synthetic["csv"]), image_size=SIZE, **QUIET)
+    train = s["train"].images[s["train"].source].double() / 255  # [classes, per_class, 3, H, W]
+    mean = train.mean(dim=(0, 1, 3, 4))
+    std = train.permute(2, 0, 1, 3, 4).flatten(1).std(unbiased=False, dim=1)
+    assert np.allclose(s["train"].mean, mean.numpy(), atol=1e-5) and np.allclose(s["train"].std, std.numpy(), atol=1e-5)
+    test = s["test"].images[s["test"].source].double().mean(dim=(0, 1, 3, 4)) / 255
+    assert not np.allclose(s["test"].mean, test.numpy(), atol=1e-3)  # the test classes' own mean is not used
+    moved = s["val"].to("cpu")
+    assert moved.mean == s["val"].mean and moved.std == s["val"].std
+
+
+def test_any_image_folder_by_seeded_proportion_or_by_lists(synthetic):
+    root = str(synthetic["folder"])
+    a = load_splits("folder", "random", root, image_size=SIZE, proportions=[0.5, 0.25, 0.25], seed=3, **QUIET)
+    b = load_splits("folder", "random", root, image_size=SIZE, proportions=[0.5, 0.25, 0.25], seed=3, **QUIET)
+    c = load_splits("folder", "random", root, image_size=SIZE, proportions=[0.5, 0.25, 0.25], seed=4, **QUIET)
+    assert [a[p].num_classes for p in ("train", "val", "test")] == [10, 5, 5]
+    assert a["test"].names == b["test"].names and a["test"].names != c["test"].names
+    assert sorted(a["train"].names + a["val"].names + a["test"].names) == [f"class_{i:02d}" for i in range(20)]
+    lists = {"train_classes": [f"class_{i:02d}" for i in range(12)],
+             "val_classes": [f"class_{i:02d}" for i in range(12, 16)], "test_classes": ["class_16", "class_17"]}
+    d = load_splits("folder", "lists", root, image_size=SIZE, **lists, **QUIET)
+    assert d["test"].names == ["class_16", "class_17"] and d["val"].num_classes == 4
+    assert d["train"].images.shape[0] == 18  # classes in no list are not decoded
+
+
+def test_unknown_or_wrong_options_and_splits_are_one_clear_error(synthetic):
+    root = str(synthetic["csv"])
+    with pytest.raises(ValueError, match="unknown data option.*'imagesize'"):
+        load_splits("miniimagenet", "ravi", root, imagesize=84)
+    with pytest.raises(ValueError, match="image_size should be int"):
+        load_splits("miniimagenet", "ravi", root, image_size="84")
+    with pytest.raises(ValueError, match="unknown data option.*'proportions'.*omniglot"):
+        load_splits("omniglot", "vinyals", root, proportions=[1, 1, 1])
+    with pytest.raises(ValueError, match="ravi"):
+        load_splits("miniimagenet", "vinyals", root)
+    with pytest.raises(ValueError, match="'random'.*'lists'"):
+        load_splits("folder", "ravi", str(synthetic["folder"]))
+    with pytest.raises(ValueError, match="missing.*test_classes"):
+        load_splits("folder", "lists", str(synthetic["folder"]), train_classes=["class_00"], val_classes=["class_01"])
+    with pytest.raises(ValueError, match="class_99"):
+        load_splits("folder", "lists", str(synthetic["folder"]), train_classes=["class_99"], val_classes=["class_01"],
+                    test_classes=["class_02"])
+    with pytest.raises(ValueError, match="choose one of omniglot, miniimagenet, folder"):
+        load_splits("imagenet", "ravi", root)
+
+
+# -- the cache ------------------------------------------------------------------------------------------------
+
+def test_decoded_once_then_memory_mapped_and_rebuilt_when_a_file_changes(synthetic, tmp_path, monkeypatch):
+    root = fresh(synthetic["csv"], tmp_path / "mini")
+    first = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+    assert len(list(root.glob("matchnet_cache_miniimagenet_32.*.npy"))) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the cache is valid")
+
+    monkeypatch.setattr(images_mod, "decode_image", no_decoding)
+    again = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+    assert torch.equal(first["train"].images, again["train"].images)
+    assert mapped_from(again["train"].images, next(root.glob("*.npy")))  # a view of the file, not a copy
+    monkeypatch.undo()
+    victim = next((root / "images").glob("*.jpg"))
+    Image.new("RGB", (84, 84), (255, 0, 0)).save(victim)  # replaced: the cache no longer describes the files
+    changed = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+    assert not torch.equal(first["train"].images, changed["train"].images)
+    assert len(list(root.glob("matchnet_cache_miniimagenet_32.*.npy"))) == 1  # the stale gigabyte is removed
+
+
+def mapped_from(tensor: torch.Tensor, path: Path) -> bool:
+    """Whether the tensor's memory is a mapping of `path` (Linux: /proc/self/maps)."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("no /proc/self/maps to check memory mappings on this system")
+    for line in maps.read_text().splitlines():
+        if line.endswith(str(path.resolve())):
+            start, end = (int(v, 16) for v in line.split()[0].split("-"))
+            if start <= tensor.data_ptr() < end:
+                return True
+    return False
+
+
+def test_an_unwritable_cache_place_falls_back_to_the_next(synthetic, tmp_path, monkeypatch):
+    """The big file tries beside the data, then the user cache (matchnet.data.cache.cache_paths); here the first
+    place cannot be created (its parent is a file), as in a read-only data folder (root may write even there)."""
+    root = fresh(synthetic["splits"], tmp_path / "data")
+    (tmp_path / "a_file").write_text("x")
+    places = lambda base, name: [tmp_path / "a_file" / name, tmp_path / "user" / name]  # noqa: E731
+    monkeypatch.setattr(images_mod, "cache_paths", places)
+    first = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+    assert len(list((tmp_path / "user").glob("*.npy"))) == 1 and not list(root.glob("*.npy"))
+    monkeypatch.setattr(images_mod, "decode_image", lambda *a: pytest.fail("decoded again"))
+    again = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+    assert torch.equal(first["test"].images, again["test"].images)
+
+
+# -- bad data -------------------------------------------------------------------------------------------------
+
+def test_a_missing_image_named_by_the_csv_is_named_before_any_decoding(synthetic, tmp_path):
+    root = fresh(synthetic["csv"], tmp_path / "mini")
+    gone = sorted((root / "images").glob("*.jpg"))[40]
+    gone.unlink()
+    with pytest.raises(DatasetNotFoundError, match=f"1 image.*missing.*images/{gone.name}"):
+        load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
+
+
+def test_corrupt_and_non_rgb_images_are_skipped_or_converted_with_a_count(synthetic, tmp_path, capsys):
+    root = fresh(synthetic["folder"], tmp_path / "folder")
+    (root / "class_03" / "img_0001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    truncated = root / "class_04" / "img_0002.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    Image.open(root / "class_05" / "img_0004.jpg").convert("L").save(root / "class_05" / "img_0004.jpg")
+    Image.open(root / "class_06" / "img_0005.jpg").convert("CMYK").save(root / "class_06" / "img_0005.jpg")
+    (root / "class_07" / "notes.txt").write_text("not an image, ignored")
+    s = load_splits("folder", "random", str(root), image_size=SIZE, proportions=[0.5, 0.25, 0.25], **QUIET)
+    err = capsys.readouterr().err
+    assert "skipped 2 unreadable image(s)" in err and "class_03/img_0001.jpg" in err and "class_04/img_0002.jpg" in err
+    assert "converted non-RGB images to RGB" in err and "1 CMYK" in err and "1 L" in err
+    assert s["train"].per_class == 29  # every class keeps as many as the smallest class has readable
+    assert "every class uses 29" in err
+
+
+def test_small_and_empty_classes_are_named(synthetic, tmp_path, capsys):
+    root = fresh(synthetic["folder"], tmp_path / "folder")
+    for f in sorted((root / "class_08").iterdir())[3:]:
+        f.unlink()
+    (root / "empty_class").mkdir()
+    s = load_splits("folder", "random", str(root), image_size=SIZE, proportions=[0.5, 0.25, 0.25], **QUIET)
+    err = capsys.readouterr().err
+    assert "empty_class" in err and "no image files" in err
+    assert s["train"].per_class == 3 and "smallest: 'class_08' with 3" in err
+    capped = load_splits("folder", "random", str(root), image_size=SIZE, proportions=[0.5, 0.25, 0.25],
+                         per_class=20, **QUIET)
+    err = capsys.readouterr().err
+    assert "left out 1 class(es) with fewer than per_class = 20" in err and "class_08 (3)" in err
+    assert capped["train"].per_class == 20
+    assert "class_08" not in capped["train"].names + capped["val"].names + capped["test"].names
+
+
+def test_missing_or_empty_data_folders_say_what_layout_is_expected(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="images/\\*.jpg with train.csv.*class folders"):
+        load_splits("miniimagenet", "ravi", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no train.csv, val.csv and test.csv"):
+        load_splits("miniimagenet", "ravi", str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no class folders with images"):
+        load_splits("folder", "random", str(tmp_path / "empty"))
+    with pytest.raises(DatasetNotFoundError, match="cannot be downloaded"):
+        load_splits("miniimagenet", "ravi", str(tmp_path), download=True)
+
+
+def ravi_dir() -> Path | None:
+    return next((d for d in RAVI if (d / "train.csv").is_file()), None)
+
+
+def test_ravis_split_files_are_64_16_20_classes_of_600():
+    folder = ravi_dir()
+    if folder is None:
+        pytest.skip("Ravi's split CSVs are not in data/ or ../shared/data")
+    parts = {p: read_ravi_csv(folder / f"{p}.csv") for p in ("train", "val", "test")}
+    assert [len(parts[p]) for p in ("train", "val", "test")] == [64, 16, 20]
+    assert all(len(v) == 600 for t in parts.values() for v in t.values())
+    assert not (set(parts["train"]) & set(parts["val"]) or set(parts["train"]) & set(parts["test"]))
+
+
+def test_ravis_csvs_without_the_images_name_the_first_missing_file(tmp_path):
+    folder = ravi_dir()
+    if folder is None:
+        pytest.skip("Ravi's split CSVs are not in data/ or ../shared/data")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="60000 image.*missing.*images/n0153282900000005.jpg"):
+        load_splits("miniimagenet", "ravi", str(tmp_path), csv_dir=str(folder))
+
+
+# -- the model and its checkpoints ----------------------------------------------------------------------------
+
+def test_normalisation_is_inside_the_model_and_saved_with_it(tmp_path):
+    torch.manual_seed(0)
+    plain = MatchingNetwork().eval()
+    x = torch.rand(2, 3, 1, 28, 28)
+    assert torch.equal(plain.encode(x), plain.encoder(x.flatten(0, 1)).view(2, 3, -1))  # Omniglot: unchanged
+    assert "mean" not in plain.config and "input_mean" not in plain.state_dict()
+    rgb = MatchingNetwork(in_channels=3, image_size=84, mean=[0.5, 0.4, 0.3], std=[0.25, 0.2, 0.2]).eval()
+    x = torch.rand(1, 4, 3, 84, 84)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1), torch.tensor([0.25, 0.2, 0.2]).view(3, 1, 1)
+    expected = rgb.encoder(((x - mean) / std).flatten(0, 1)).view(1, 4, -1)
+    assert torch.allclose(rgb.encode(x), expected) and expected.shape[-1] == 1600
+    save_model(rgb, tmp_path / "rgb")
+    config = json.loads((tmp_path / "rgb" / "config.json").read_text())
+    assert config["mean"] == [0.5, 0.4, 0.3] and config["in_channels"] == 3
+    back = load_model(tmp_path / "rgb")
+    assert torch.equal(back.encode(x), rgb.encode(x))
+    with pytest.raises(ValueError, match="one value per input channel"):
+        MatchingNetwork(in_channels=3, mean=[0.5], std=[0.2])
+
+
+def test_configs_written_before_mean_and_std_existed_still_load():
+    old = json.loads((ROOT / "assets" / "omniglot-vinyals" / "config.json").read_text())
+    assert "mean" not in old
+    kwargs = model_kwargs(old, Path("config.json"))
+    assert "mean" not in kwargs and MatchingNetwork(**kwargs).input_mean is None
+    with pytest.raises(Exception, match="unknown keys \\['in_channels_'\\]"):  # a typo is still an error
+        model_kwargs(old | {"in_channels_": 1}, Path("c.json"))
+
+
+# -- training through the CLI ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run far faster on one thread than on two contended ones (the CI machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str]) -> int:
+    spec = importlib.util.spec_from_file_location("matchnet_run_cli", ROOT / "train" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
+TRAIN = ["--set", "query=3", "--set", "meta_batch=1", "--set", "hidden=16", "--set", "val_episodes=50",
+         "--set", "val_query=5", "--set", "warmup_steps=10", "--set", "scale=10.0", "--set", "progress=false"]
+
+
+def test_training_through_the_cli_beats_chance_on_held_out_classes(synthetic, tmp_path, one_thread):
+    """200 CPU steps with the shipped miniImageNet config (smaller images and net, for time)."""
+    from matchnet.evaluate import evaluate
+
+    out = tmp_path / "run"
+    code = run_cli(["train", "--config", str(ROOT / "train" / "configs" / "miniimagenet_1shot.toml"),
+                    "--device", "cpu", "--data-root", str(synthetic["csv"]), *TRAIN,
+                    "--set", "data_options={image_size = 24, workers = 1, progress = false}",
+                    "--set", "steps=200", "--set", "val_every=200", "--set", f'out_dir="{out}"'])
+    assert code == 0
+    model = load_model(out / "best")
+    assert model.config["in_channels"] == 3 and model.config["image_size"] == 24 and len(model.config["mean"]) == 3
+    cfg = json.loads((out / "train_config.json").read_text())
+    splits = load_splits(cfg["dataset"], cfg["split"], cfg["data_root"], **cfg["data_options"])
+    assert model.config["mean"] == list(splits["train"].mean)
+    acc = evaluate(model, splits["test"], 5, 1, query=5, episodes=200, seed=0, progress=False)
+    assert acc.mean > 50, acc  # chance is 20% on these 5 never-seen classes
+
+
+def test_a_folder_dataset_with_class_lists_trains_through_the_cli(synthetic, tmp_path, one_thread):
+    lists = ('train_classes = ["class_00","class_01","class_02","class_03","class_04","class_05"], '
+             'val_classes = ["class_10","class_11","class_12","class_13","class_14"], '
+             'test_classes = ["class_15","class_16","class_17","class_18","class_19"]')
+    out = tmp_path / "run"
+    code = run_cli(["train", "--config", str(ROOT / "train" / "configs" / "miniimagenet_1shot.toml"),
+                    "--device", "cpu", "--data-root", str(synthetic["folder"]), *TRAIN,
+                    "--set", 'dataset="folder"', "--set", 'split="lists"',
+                    "--set", f"data_options={{image_size = 16, workers = 1, progress = false, {lists}}}",
+                    "--set", "steps=10", "--set", "val_every=10", "--set", f'out_dir="{out}"'])
+    assert code == 0
+    assert load_model(out / "final").config["image_size"] == 16
+    bad = run_cli(["train", "--config", str(ROOT / "train" / "configs" / "miniimagenet_1shot.toml"),
+                   "--device", "cpu", "--data-root", str(synthetic["folder"]), "--set", 'dataset="folder"',
+                   "--set", "data_options={image_sise = 16}", "--set", f'out_dir="{tmp_path / "bad"}"'])
+    assert bad == 2  # "error: unknown data option(s) ['image_sise'] ...", one line, no traceback
