@@ -330,10 +330,10 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
     out_of_time, stopped = False, None
 
     def checkpoint() -> None:
+        rng = _gather_rng(task.generators, dist)  # a collective: every rank takes part, rank 0 writes
         if not main:
             return
         opt_tensors, opt_info = optimizer_to_flat(opt)
-        rng = _gather_rng(task.generators, dist)
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **opt_tensors, **rng}
         info = {"step": step, "best": best, "optimizer": opt_info, "world": dist.world,
                 "elapsed": time.perf_counter() - t0}
@@ -359,8 +359,8 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
             since += 1
             step += 1
             bar.update(1)
-            stopped = _agree_stop(stop.signal, dist, device)
-            out_of_time = limit > 0 and time.perf_counter() - t0 > limit
+            stopped, out_of_time = _agree_stop(stop.signal, limit > 0 and time.perf_counter() - t0 > limit, dist,
+                                               device)
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
             if main and (step % cfg.log_every == 0 or step == end or validate_now or stopped):
                 entry = {"step": step, "steps_averaged": [step - since + 1, step],
@@ -390,7 +390,7 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
         _guard_write(run_dir / "final", lambda: task.save(model, run_dir / "final"))
     summary = {"steps": step, "best_val": best, "seconds": round(time.perf_counter() - t0, 2),
                "run_dir": str(run_dir), "world_size": dist.world, "stopped_at_time_limit": out_of_time,
-               "interrupted": stopped is not None and stopped is not False}
+               "interrupted": stopped is not None, "signal": stopped}
     if main:
         run_record = {"config": settings, "hardware": hardware(device), "world_size": dist.world,
                       "torch": torch.__version__, "python": platform.python_version(),
@@ -420,13 +420,15 @@ def _barrier(dist: Dist) -> None:
         tdist.barrier()
 
 
-def _agree_stop(signum: int | None, dist: Dist, device: torch.device) -> int | None:
-    """Every rank stops at the same step if any rank was signalled (torchrun signals them all)."""
+def _agree_stop(signum: int | None, out_of_time: bool, dist: Dist,
+                device: torch.device) -> tuple[int | None, bool]:
+    """Every rank stops at the same step if any rank was signalled (torchrun signals them all) or ran out of
+    time (clocks differ a little between processes)."""
     if not dist.enabled:
-        return signum
-    flag = torch.tensor([signum or 0], device=device if device.type == "cuda" else "cpu")
-    tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
-    return int(flag.item()) or None
+        return signum, out_of_time
+    flags = torch.tensor([signum or 0, int(out_of_time)], device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    return int(flags[0]) or None, bool(flags[1])
 
 
 def _gather_rng(generators: list[torch.Generator], dist: Dist) -> dict[str, torch.Tensor]:
@@ -477,3 +479,8 @@ def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators
                 print(f"warning: {last} was written by {info.get('world', 1)} process(es), this run has "
                       f"{dist.world}: episodes are re-seeded from the step", file=sys.stderr)
     return step, best, float(info.get("elapsed", 0.0))
+
+
+def finished(run_dir: Path) -> bool:
+    """A run that reached its last step (final/ is written last) and kept a best model."""
+    return (run_dir / "final" / "config.json").is_file() and (run_dir / "best" / "config.json").is_file()

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable
 
 import torch
 from tqdm import tqdm
@@ -57,21 +57,41 @@ def model_predictor(model: torch.nn.Module, amp: bool = False) -> Predictor:
 
 
 @torch.no_grad()
+def accuracy(predict: Predictor | torch.nn.Module, batches: Iterable[Episodes], way: int, shot: int, query: int,
+             episodes: int, seed: int, batch: int, progress: bool = True, desc: str = "eval",
+             device: torch.device | str | None = None) -> Accuracy:
+    """Mean per-episode accuracy over the episode batches one protocol draws, ± the 95% interval's half-width.
+
+    Every evaluator (the standard columns, within-alphabet, sentences) goes through here; a module is put in
+    eval mode (BatchNorm uses its running statistics) and its mode restored after.
+    """
+    model = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+        predict = model_predictor(model)
+    try:
+        accs = []
+        for ep in tqdm(batches, total=math.ceil(episodes / batch), desc=f"{desc} {way}w{shot}s", leave=False,
+                       disable=not progress):
+            if device is not None:
+                ep = replace(ep, support=ep.support.to(device), support_labels=ep.support_labels.to(device),
+                             query=ep.query.to(device), query_labels=ep.query_labels.to(device))
+            correct = predict(ep).argmax(-1) == ep.query_labels
+            accs.append(correct.float().mean(1).cpu())
+    finally:
+        if model is not None:
+            model.train(was_training)
+    mean, ci = mean_ci95(torch.cat(accs))
+    return Accuracy(way, shot, query, episodes, seed, 100 * mean, 100 * ci)
+
+
 def evaluate(predict: Predictor | torch.nn.Module, split: FewShotSplit, way: int, shot: int,
              query: int = TEST_QUERY, episodes: int = 1000, seed: int = 0, batch: int = 50,
              progress: bool = True) -> Accuracy:
     """Mean per-episode accuracy over `episodes` episodes drawn with `seed` (the same on any device)."""
-    if isinstance(predict, torch.nn.Module):
-        predict.eval()
-        predict = model_predictor(predict)
-    accs = []
     batches = evaluation_episodes(split, way, shot, query, episodes, seed, batch)
-    for ep in tqdm(batches, total=math.ceil(episodes / batch), desc=f"eval {way}w{shot}s", leave=False,
-                   disable=not progress):
-        correct = predict(ep).argmax(-1) == ep.query_labels
-        accs.append(correct.float().mean(1).cpu())
-    mean, ci = mean_ci95(torch.cat(accs))
-    return Accuracy(way, shot, query, episodes, seed, 100 * mean, 100 * ci)
+    return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress)
 
 
 def evaluate_table(predict: Predictor | torch.nn.Module, split: FewShotSplit, episodes: int = 1000,
@@ -80,3 +100,14 @@ def evaluate_table(predict: Predictor | torch.nn.Module, split: FewShotSplit, ep
     """Every Table 1 column; each column gets its own seed offset so columns do not share episodes."""
     return [evaluate(predict, split, way, shot, query, episodes, seed + 1000 * i, batch, progress)
             for i, (way, shot) in enumerate(columns)]
+
+
+def evaluate_within_alphabet(predict: Predictor | torch.nn.Module, split: FewShotSplit, way: int = 20,
+                             shot: int = 1, query: int = 1, episodes: int = 1000, seed: int = 0, batch: int = 50,
+                             progress: bool = True) -> Accuracy:
+    """Lake et al.'s within-alphabet test: each episode's classes from one alphabet, support by one drawer,
+    queries by another (matchnet.alphabets). Pass alphabets.upright(split) for characters as drawn."""
+    from .alphabets import within_alphabet_episodes
+
+    batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
+    return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress, desc="within-alphabet")

@@ -13,41 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "train"))  # the table_<task>.py modules
 
-import torch  # noqa: E402
-
-from matchnet.checkpoint import CheckpointError, load_model  # noqa: E402
-from matchnet.data import DatasetNotFoundError, load_splits  # noqa: E402
-from matchnet.evaluate import TEST_QUERY, evaluate_table  # noqa: E402
-from matchnet.hub import PublishError, check_repo_id, publish, stage  # noqa: E402
-from matchnet.results import write_results_md  # noqa: E402
-from matchnet.train import TrainConfig, resolve_device, train  # noqa: E402
+# torch and the library are imported inside each command, so that --help answers at once.
 
 
-def parse_sets(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set wants key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = value  # a bare string
-    return out
+def load_config(args):
+    from matchnet.config import parse_sets
+    from matchnet.train import TrainConfig
 
-
-def load_config(args) -> TrainConfig:
-    overrides = parse_sets(args.set)
+    overrides = parse_sets(args.set, TrainConfig)
     if args.device:
         overrides["device"] = args.device
     if args.data_root:
@@ -55,15 +37,29 @@ def load_config(args) -> TrainConfig:
     return TrainConfig.from_toml(args.config, **overrides)
 
 
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def hardware(device) -> str:
+    from matchnet.engine import hardware as describe
+
+    return describe(device)
 
 
 def cmd_train(args) -> None:
+    """Train from a config; under torchrun every process runs this, rank 0 alone reports."""
+    from matchnet.engine import close_distributed, init_distributed
+    from matchnet.train import train
+
     cfg = load_config(args)
-    summary = train(cfg, resume=not args.restart)
+    dist = init_distributed(cfg.device)
+    try:
+        summary = train(cfg, resume=not args.restart)
+    finally:
+        close_distributed()
+    if not dist.is_main:
+        return
+    if summary["interrupted"]:
+        print(f"interrupted at step {summary['steps']}: the resume point is {cfg.run_dir / 'last.safetensors'}; "
+              "run the same command again to continue", file=sys.stderr)
+        sys.exit(128 + summary["signal"])
     print(json.dumps(summary, indent=2))
     if args.eval:
         evaluate_checkpoint(Path(cfg.run_dir) / "best", cfg.dataset, cfg.split, cfg.data_root, cfg.device,
@@ -71,7 +67,14 @@ def cmd_train(args) -> None:
 
 
 def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, device: str, episodes: int,
-                        seed: int, out: Path | None, train_cfg: TrainConfig | None = None) -> dict:
+                        seed: int, out: Path | None, train_cfg=None) -> dict:
+    from matchnet.checkpoint import load_model
+    from matchnet.data import load_splits
+    from matchnet.engine import resolve_device
+    from matchnet.evaluate import TEST_QUERY, evaluate_table
+
+    if out is not None:
+        check_writable(out)  # before minutes of evaluation, not after
     dev = resolve_device(device)
     model = load_model(folder, dev)
     splits = load_splits(dataset, split, data_root)
@@ -105,12 +108,35 @@ def default_results_path(folder: Path, episodes: int, seed: int) -> Path:
     return ROOT / "runs" / "eval" / f"{folder.resolve().name}_{episodes}ep_seed{seed}.json"
 
 
+def check_writable(out: Path) -> None:
+    """The folder a result will be written to exists (or can be made) and takes a file."""
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write {out} ({e.strerror or e}); choose another --out") from None
+
+
 def cmd_eval(args) -> None:
+    from matchnet.checkpoint import read_json
+    from matchnet.results import write_results_md
+
     folder = Path(args.checkpoint)
-    info = folder / "training.json"  # written beside shipped checkpoints: which data the model was trained on
-    meta = json.loads(info.read_text()) if info.is_file() else {}
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such checkpoint folder")
+    # training.json, written beside shipped checkpoints, says which data the model was trained on
+    meta = read_json(folder / "training.json") or {}  # CheckpointError naming the file if it is not an object
     dataset = args.dataset or meta.get("dataset", "omniglot")
     split = args.split or meta.get("split", "vinyals")
+    if args.protocol == "within-alphabet":  # Lake et al.'s test; writes runs/eval/, never results.json
+        from table_within_alphabet import eval_checkpoint
+        eval_checkpoint(args, folder, dataset, split, hardware)
+        return
     out = Path(args.out) if args.out else default_results_path(folder, args.episodes, args.seed)
     if args.write_docs and args.episodes < MIN_REPORTED_EPISODES:
         sys.exit(f"error: --write-docs needs at least {MIN_REPORTED_EPISODES} episodes per column "
@@ -123,6 +149,10 @@ def cmd_eval(args) -> None:
 
 def cmd_ablate_scale(args) -> None:
     """Short runs with the config's recipe and different softmax scales; validation accuracy of each."""
+    from matchnet.data import load_splits
+    from matchnet.engine import resolve_device
+    from matchnet.train import TrainConfig, train
+
     base = load_config(args)
     variants = {"paper (scale 1, fixed)": dict(scale=1.0, learn_scale=False),
                 "scale 10, fixed": dict(scale=10.0, learn_scale=False),
@@ -148,6 +178,8 @@ def cmd_ablate_scale(args) -> None:
 
 def cmd_publish(args) -> None:
     """Upload a checkpoint folder to the Hub, or with --dry-run write what would be uploaded."""
+    from matchnet.hub import check_repo_id, publish, stage
+
     check_repo_id(args.repo_id)
     if args.dry_run:
         files = stage(args.checkpoint, args.dry_run, args.repo_id)
@@ -174,6 +206,8 @@ def cmd_rebuild(args) -> None:
 def cmd_table(args) -> None:
     """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
     import importlib
+
+    from matchnet.results import write_results_md
 
     importlib.import_module(f"table_{args.task}").main(args)
     write_results_md(ROOT)
@@ -210,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json with --episodes >= 1000, "
                                  "else runs/eval/NAME_<N>ep_seed<S>.json)")
     p.add_argument("--write-docs", action="store_true", help="regenerate docs/RESULTS.md from every results.json")
+    p.add_argument("--protocol", choices=["standard", "within-alphabet"], default="standard",
+                   help="standard: the paper's four columns; within-alphabet: Lake et al.'s 20-way (and 5-way) "
+                        "1-shot with classes from one alphabet, support and queries by different drawers")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ablate-scale", help="the softmax-scale (temperature) ablation on validation")
@@ -238,19 +275,25 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
-    p.add_argument("task", choices=["omniglot", "ptb"], help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3")
+    p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet"],
+                   help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
     p.set_defaults(func=cmd_table)
 
+    # `run.py --help` shows every command's options, not only the command names
+    parser.epilog = "\n".join(f"{'-' * 100}\n{p.format_help()}" for p in sub.choices.values())
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (DatasetNotFoundError, CheckpointError, PublishError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # the library's own errors carry a message meant for the user: one line, no traceback
+        if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)) or \
+                type(e).__module__.startswith("matchnet"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

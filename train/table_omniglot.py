@@ -23,19 +23,19 @@ import os
 import platform
 import shutil
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from matchnet.config import parse_value
 from matchnet.baselines import (ClassifierConfig, FinetuneConfig, MANNConfig, SiameseConfig, class_features,
                                 config_from_toml, evaluate_features, evaluate_features_table, finetune_predictor,
                                 load_encoder, load_mann, mann_predictor, nearest_neighbour, pixel_features,
                                 select_on_validation, split_encoder, train_classifier, train_mann, train_siamese)
 from matchnet.baselines.features import column_seed
 from matchnet.baselines.finetune import head_lr, matching_net_match, nearest_neighbour_match
-from matchnet.baselines.loop import finished
+from matchnet.engine import finished
 from matchnet.baselines.report import write_figure, write_markdown
 from matchnet.baselines.siamese import load_siamese, verification_predictor
 from matchnet.baselines.store import folder_size
@@ -91,10 +91,7 @@ def env_overrides() -> dict[str, dict[str, Any]]:
         model, _, option = key.partition(".")
         if not option or not value:
             raise ValueError(f"TABLE_SET wants model.key=value items, got {item!r}")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value
+        parsed = parse_value(value)
         out.setdefault(model, {})[option] = parsed
     unknown = set(out) - {"classifier", "siamese", "mann", "finetune"}
     if unknown:

@@ -6,10 +6,10 @@
   mann.py        Santoro et al.'s memory-augmented network (LSTM + least-recently-used-access memory)
   finetune.py    fine-tuning on the support set only, batched across episodes
   features.py    evaluation on features computed once per image (the same episodes as matchnet.evaluate)
-  loop.py, config.py, store.py: the training loop, TOML configs and checkpoints they share
+  store.py       their checkpoints; they train through matchnet.engine and read configs with matchnet.config
 """
 from .classifier import BaselineClassifier, ClassifierConfig, train_classifier
-from .config import config_from_dict, config_from_toml
+from ..config import config_from_dict, config_from_toml
 from .features import (FeatureEpisodes, FeaturePredictor, as_predictor, class_features, evaluate_features,
                        evaluate_features_table, nearest_neighbour)
 from .finetune import FinetuneConfig, finetune_episodes, finetune_predictor, select_on_validation, split_encoder

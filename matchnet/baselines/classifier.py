@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fewshot import FewShotSplit
+from ..engine import FunctionTask, fit
 from ..model import Conv4
 from .features import images_of, validate_nearest_neighbour
-from .loop import fit
 from .store import save_encoder
 
 
@@ -47,14 +47,27 @@ class ClassifierConfig:
 class BaselineClassifier(nn.Module):
     """Conv-4 (the Matching Network's embedding, same layers) + a linear layer over the training classes."""
 
-    def __init__(self, num_classes: int, hidden: int = 64):
+    def __init__(self, num_classes: int, hidden: int = 64, in_channels: int = 1, image_size: int = 28,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
         super().__init__()
-        self.encoder = Conv4(1, hidden)
+        self.encoder = Conv4(in_channels, hidden, image_size=image_size)
         self.head = nn.Linear(self.encoder.out_dim, num_classes)
+        # Natural images are normalised per channel as the Matching Network normalises them (the training
+        # classes' statistics); not saved with the encoder: the table normalises with the same split statistics.
+        as_buffer = (lambda v: None if v is None else torch.tensor(v, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("input_mean", as_buffer(mean), persistent=False)
+        self.register_buffer("input_std", as_buffer(std), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.input_mean is None else (images - self.input_mean) / self.input_std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [0, 1] -> the encoder's features [B, d] (normalised input, as in training)."""
+        return self.encoder(self.normalize(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 1, 28, 28] -> logits [B, num_classes]."""
-        return self.head(self.encoder(images))
+        """[B, C, H, W] in [0, 1] -> logits [B, num_classes]."""
+        return self.head(self.features(images))
 
 
 def train_classifier(cfg: ClassifierConfig, splits: dict[str, FewShotSplit], run_dir: Path,
@@ -63,17 +76,26 @@ def train_classifier(cfg: ClassifierConfig, splits: dict[str, FewShotSplit], run
     train = splits[cfg.train_on].to(device)
     val = splits["val"].to(device)
     torch.manual_seed(cfg.seed)
-    model = BaselineClassifier(train.num_classes, cfg.hidden).to(device)
+    shape = train.images.shape  # [classes, per_class, (C,) H, W]
+    model = BaselineClassifier(train.num_classes, cfg.hidden, shape[2] if len(shape) == 5 else 1, shape[-1],
+                               train.mean, train.std).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    def step():
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         classes = torch.randint(train.num_classes, (cfg.batch,), device=device, generator=generator)
         drawings = torch.randint(train.per_class, (cfg.batch,), device=device, generator=generator)
-        logits = model(images_of(train, classes, drawings))
+        return classes, drawings
+
+    def loss(net: nn.Module, drawn: tuple[torch.Tensor, torch.Tensor]):
+        classes, drawings = drawn
+        logits = net(images_of(train, classes, drawings))
         return F.cross_entropy(logits, classes), (logits.argmax(-1) == classes).float().mean()
 
     info = {"trained_as": "baseline-classifier", "train_split": f"{cfg.split}/{cfg.train_on}",
-            "train_classes": train.num_classes, "recipe": vars(cfg)}
-    return fit(model, cfg, run_dir, step, generator,
-               validate=lambda: validate_nearest_neighbour(model.encoder, val, cfg.val_tasks, cfg.val_episodes),
-               save=lambda folder: save_encoder(model.encoder, folder, info), resume=resume, stop_after=stop_after)
+            "train_classes": train.num_classes, "recipe": vars(cfg),
+            **({"input_mean": list(train.mean), "input_std": list(train.std)} if train.mean is not None else {})}
+    task = FunctionTask(model, [generator], batch, loss,
+                        validate=lambda m: validate_nearest_neighbour(m.features, val, cfg.val_tasks,
+                                                                      cfg.val_episodes),
+                        save=lambda m, folder: save_encoder(m.encoder, folder, info))
+    return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)

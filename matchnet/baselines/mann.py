@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fewshot import FewShotSplit
-from ..episodes import EpisodeSampler
+from ..episodes import EpisodeSampler, shuffle_support
+from ..engine import FunctionTask, fit
 from .features import FeatureEpisodes, class_features, evaluate_features
-from .loop import fit
 from .pixels import pixel_features
 from .store import load_weights, read_meta, save_weights
 
@@ -125,13 +125,6 @@ class MANN(nn.Module):
         return torch.stack(support_logits, 1), logits.view(b, q, self.way)
 
 
-def shuffle_support(support: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random presentation order per episode (episodes arrive class by class; Santoro's are shuffled)."""
-    order = torch.rand(labels.shape, generator=generator, device=generator.device).argsort(1).to(labels.device)
-    return support.gather(1, order.view(*order.shape, 1).expand_as(support)), labels.gather(1, order)
-
-
 def mann_predictor(model: MANN, seed: int = 0):
     """A FeaturePredictor on pixel features ([E, S, 784]); support orders drawn from a CPU generator seeded
     once, so a run is reproducible on any device."""
@@ -141,7 +134,8 @@ def mann_predictor(model: MANN, seed: int = 0):
     def predict(ep: FeatureEpisodes) -> torch.Tensor:
         if ep.n_way != model.way:
             raise ValueError(f"this MANN was trained {model.way}-way; the episodes are {ep.n_way}-way")
-        support, labels = shuffle_support(ep.support.flatten(2), ep.support_labels, generator)
+        ep = shuffle_support(ep, generator)  # Santoro's episodes arrive in a random order, not class by class
+        support, labels = ep.support.flatten(2), ep.support_labels
         return torch.log_softmax(model(support, labels, ep.query.flatten(2))[1], dim=-1)
     return predict
 
@@ -200,12 +194,15 @@ def train_mann(cfg: MANNConfig, splits: dict[str, FewShotSplit], run_dir: Path, 
         sampler.generator = generator  # one generator, so the resume point holds all the sampling state
     turn = [0]
 
-    def step():
+    def batch():
         sampler = samplers[turn[0] % len(samplers)]
         turn[0] += 1
-        ep = sampler.sample(cfg.meta_batch)
-        support, labels = shuffle_support(ep.support.flatten(2), ep.support_labels, generator)
-        s_logits, q_logits = model(support, labels, ep.query.flatten(2))
+        return sampler.sample(cfg.meta_batch)
+
+    def loss(net: nn.Module, ep):
+        ep = shuffle_support(ep, generator)  # Santoro's episodes arrive in a random order, not class by class
+        support, labels = ep.support.flatten(2), ep.support_labels
+        s_logits, q_logits = net(support, labels, ep.query.flatten(2))
         if cfg.offset_labels:  # Santoro's loss: every step predicts its example's label before seeing it
             logits = torch.cat([s_logits, q_logits], 1).flatten(0, 1)
             targets = torch.cat([labels, ep.query_labels], 1).flatten()
@@ -214,15 +211,15 @@ def train_mann(cfg: MANNConfig, splits: dict[str, FewShotSplit], run_dir: Path, 
         acc = (q_logits.argmax(-1) == ep.query_labels).float().mean()
         return F.cross_entropy(logits, targets), acc
 
-    def validate() -> dict[str, float]:
-        predict = mann_predictor(model, seed=0)
+    def validate(m: MANN) -> dict[str, float]:
+        predict = mann_predictor(m, seed=0)
         return {f"val_{cfg.way}w{k}s": evaluate_features(predict, val_table, cfg.way, k, episodes=cfg.val_episodes,
                                                          seed=12345).mean for k in sorted(set(cfg.shots))}
 
     info = {"trained_as": "MANN (Santoro et al. 2016), no conv", "recipe": vars(cfg)}
-    return fit(model, cfg, run_dir, step, generator, validate,
-               save=lambda folder: save_weights(model, folder, KIND, model.config, info),
-               resume=resume, stop_after=stop_after)
+    task = FunctionTask(model, [generator], batch, loss, validate,
+                        save=lambda m, folder: save_weights(m, folder, KIND, m.config, info))
+    return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 
 def load_mann(folder: str | Path, device: str | torch.device = "cpu") -> MANN:

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fewshot import FewShotSplit
+from ..engine import FunctionTask, fit
 from ..model import Conv4
 from .features import FeatureEpisodes, class_mask, images_of, validate_nearest_neighbour
-from .loop import fit
 from .store import load_weights, read_meta, save_weights
 
 KIND = "siamese"
@@ -96,17 +96,18 @@ def train_siamese(cfg: SiameseConfig, splits: dict[str, FewShotSplit], run_dir: 
     model = SiameseNet(cfg.hidden).to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    def step():
-        first, second, same = sample_pairs(train, cfg.pairs, generator)
-        logits = model(first, second)
+    def loss(net: nn.Module, pairs: tuple[torch.Tensor, ...]):
+        first, second, same = pairs
+        logits = net(first, second)
         return F.binary_cross_entropy_with_logits(logits, same), ((logits > 0).float() == same).float().mean()
 
     info = {"trained_as": "siamese (Koch et al. 2015)", "train_split": f"{cfg.split}/{cfg.train_on}",
             "recipe": vars(cfg)}
-    return fit(model, cfg, run_dir, step, generator,
-               validate=lambda: validate_nearest_neighbour(model.encoder, val, cfg.val_tasks, cfg.val_episodes),
-               save=lambda folder: save_weights(model, folder, KIND, {"hidden": cfg.hidden}, info),
-               resume=resume, stop_after=stop_after)
+    task = FunctionTask(model, [generator], lambda: sample_pairs(train, cfg.pairs, generator), loss,
+                        validate=lambda m: validate_nearest_neighbour(m.encoder, val, cfg.val_tasks,
+                                                                      cfg.val_episodes),
+                        save=lambda m, folder: save_weights(m, folder, KIND, {"hidden": cfg.hidden}, info))
+    return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 
 def load_siamese(folder: str | Path, device: str | torch.device = "cpu") -> SiameseNet:

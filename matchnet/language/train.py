@@ -1,27 +1,27 @@
-"""Episodic training (eq. 2) of Matching Networks on sentences, and their evaluation with 95% intervals.
+"""Episodic training (eq. 2) of Matching Networks on sentences, as a task of the one engine (matchnet.engine),
+and their evaluation with 95% intervals through matchnet.evaluate.accuracy.
 
 The classifier is matchnet.model.MatchingClassifier, the one the image models use, with a SentenceEncoder
-plugged in; the loss is matchnet.train.episode_loss and the accuracy bookkeeping matchnet.evaluate's.
+plugged in; the loss is matchnet.train.episode_loss.
 """
 from __future__ import annotations
 
 import json
-import math
-import time
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+import random
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
+from ..config import check_positive, config_from_dict, config_from_toml
+from ..engine import FunctionTask, fit
 from ..episodes import Episodes
-from ..evaluate import Accuracy, Predictor, mean_ci95, model_predictor
+from ..evaluate import Accuracy, Predictor, accuracy
 from ..model import MatchingClassifier
-from ..train import episode_loss, learning_rate
-from .encoder import SentenceEncoder
+from ..train import episode_loss
+from .encoder import KINDS, SentenceEncoder
 from .episodes import SentenceEpisodeSampler, SentencePool, evaluation_episodes
 
 
@@ -47,31 +47,41 @@ class SentenceConfig:
     steps: int = 5000
     lr: float = 1e-3
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # read by matchnet.train.learning_rate
+    schedule: str = "cosine"  # read by matchnet.engine.learning_rate
     warmup_steps: int = 100
     # validation: `val_way`-way `val_shot`-shot episodes of validation words in ptb.valid.txt; picks the best model
     val_way: int = 5
     val_shot: int = 1
     val_every: int = 500
     val_episodes: int = 500
+    log_every: int = 500
+    checkpoint_every: int = 500
+    progress: bool = True
     seed: int = 0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "SentenceConfig":
-        with open(path, "rb") as f:
-            values = {**tomllib.load(f), **overrides}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return config_from_toml(cls, path, **overrides)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "SentenceConfig":
+        return config_from_dict(cls, values, source)
+
+    def check(self) -> None:
+        if self.encoder not in KINDS:
+            raise ValueError(f"encoder must be one of {', '.join(KINDS)}, not {self.encoder!r}")
+        if not self.shots or not all(isinstance(k, int) and k >= 1 for k in self.shots):
+            raise ValueError(f"shots should be a list of support sizes per word, e.g. [1, 2, 3], got {self.shots!r}")
+        check_positive(self, "embed_dim", "hidden", "layers", "way", "query", "meta_batch", "steps", "val_way",
+                       "val_shot", "val_every", "val_episodes", "log_every", "checkpoint_every")
+        if not self.scale > 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
 
     def model(self, vocab_size: int) -> MatchingClassifier:
         encoder = SentenceEncoder(vocab_size, self.encoder, self.embed_dim, self.hidden, self.layers, self.dropout)
         return MatchingClassifier(encoder, self.fce, self.fce_steps, self.scale, self.learn_scale)
 
 
-@torch.no_grad()
 def evaluate(predict: Predictor | torch.nn.Module, pool: SentencePool, way: int, shot: int, query: int,
              episodes: int, seed: int, batch: int = 50, progress: bool = True, desc: str = "eval",
              device: torch.device | str = "cpu") -> Accuracy:
@@ -79,17 +89,8 @@ def evaluate(predict: Predictor | torch.nn.Module, pool: SentencePool, way: int,
 
     The episodes depend on the seed only (drawn on the host), so every predictor and device sees the same ones.
     """
-    if isinstance(predict, torch.nn.Module):
-        predict.eval()
-        predict = model_predictor(predict)
-    accs = []
-    for ep in tqdm(evaluation_episodes(pool, way, shot, query, episodes, seed, batch),
-                   total=math.ceil(episodes / batch), desc=f"{desc} {way}w{shot}s", leave=False,
-                   disable=not progress):
-        ep = to_device(ep, device)
-        accs.append((predict(ep).argmax(-1) == ep.query_labels).float().mean(1).cpu())
-    mean, ci = mean_ci95(torch.cat(accs))
-    return Accuracy(way, shot, query, episodes, seed, 100 * mean, 100 * ci)
+    batches = evaluation_episodes(pool, way, shot, query, episodes, seed, batch)
+    return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress, desc, device)
 
 
 def to_device(ep: Episodes, device: torch.device | str) -> Episodes:
@@ -107,47 +108,52 @@ def save(model: MatchingClassifier, cfg: SentenceConfig, vocab_size: int, folder
 def load(folder: Path) -> tuple[MatchingClassifier, SentenceConfig]:
     info = json.loads((folder / "config.json").read_text())
     vocab_size = info.pop("vocab_size")
-    cfg = SentenceConfig(**info)
+    known = set(SentenceConfig.__dataclass_fields__)
+    cfg = SentenceConfig(**{k: v for k, v in info.items() if k in known})  # older folders lack the loop keys
     model = cfg.model(vocab_size)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     return model.eval(), cfg
 
 
+class RandomState:
+    """A Python random.Random seen as a torch generator (get_state/set_state), so the engine can save it."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def get_state(self) -> torch.Tensor:
+        version, internal, _ = self.rng.getstate()  # the samplers never draw Gaussians: gauss_next stays None
+        return torch.tensor([version, *internal], dtype=torch.int64)
+
+    def set_state(self, state: torch.Tensor) -> None:
+        values = state.tolist()
+        self.rng.setstate((values[0], tuple(values[1:]), None))
+
+    def manual_seed(self, seed: int) -> "RandomState":
+        self.rng.seed(seed)
+        return self
+
+
 def train(cfg: SentenceConfig, vocab_size: int, train_pool: SentencePool, valid_pool: SentencePool,
-          run_dir: Path, device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Adam on eq. 2; validation every cfg.val_every steps; writes run_dir/{log.jsonl, best/, final/}."""
-    t0 = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+          run_dir: Path, device: torch.device | str = "cpu", progress: bool = True,
+          resume: bool = True) -> dict[str, Any]:
+    """Adam on eq. 2 through the engine; validation every cfg.val_every steps; writes run_dir/{log.jsonl, best/,
+    final/, last.safetensors}."""
     torch.manual_seed(cfg.seed)
     model = cfg.model(vocab_size).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = SentenceEpisodeSampler(train_pool, cfg.way, cfg.shots, cfg.query, seed=cfg.seed)
-    log = run_dir / "log.jsonl"
-    log.unlink(missing_ok=True)
-    best, loss_sum, correct, seen = -1.0, 0.0, 0, 0
-    bar = tqdm(range(1, cfg.steps + 1), desc=cfg.name, unit="step", disable=not progress)
-    model.train()
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step - 1)
-        ep = to_device(sampler.sample(cfg.meta_batch), device)
-        loss, right = episode_loss(model, ep, amp=False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_sum, correct, seen = loss_sum + loss.item(), correct + int(right), seen + ep.query_labels.numel()
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            val = evaluate(model, valid_pool, cfg.val_way, cfg.val_shot, cfg.query, cfg.val_episodes, seed=12345,
-                           progress=False, device=device).mean
-            model.train()
-            record = {"step": step, "loss": loss_sum / cfg.val_every, "train_acc": 100 * correct / seen,
-                      "val_acc": val, "time": round(time.perf_counter() - t0, 1)}
-            loss_sum, correct, seen = 0.0, 0, 0
-            if val > best:
-                best = val
-                save(model, cfg, vocab_size, run_dir / "best")
-            with log.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val:.1f}", best=f"{best:.1f}")
-    save(model, cfg, vocab_size, run_dir / "final")
-    return {"steps": cfg.steps, "best_val": best, "seconds": round(time.perf_counter() - t0, 1)}
+
+    def loss(net: torch.nn.Module, ep: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
+        value, correct = episode_loss(net, ep, amp=False)
+        return value, correct / ep.query_labels.numel()
+
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        acc = evaluate(m, valid_pool, cfg.val_way, cfg.val_shot, cfg.query, cfg.val_episodes, seed=12345,
+                       progress=False, device=device)
+        return {"val_acc": acc.mean}
+
+    task = FunctionTask(model, [RandomState(sampler.rng)], lambda: to_device(sampler.sample(cfg.meta_batch), device),
+                        loss, validate, save=lambda m, folder: save(m, cfg, vocab_size, folder))
+    if not progress:
+        cfg = replace(cfg, progress=False)
+    return fit(task, cfg, run_dir, resume=resume)
