@@ -263,6 +263,25 @@ def test_configs_written_before_mean_and_std_existed_still_load():
         model_kwargs(old | {"in_channels_": 1}, Path("c.json"))
 
 
+def test_an_rgb_checkpoints_card_names_its_dataset_split_and_input(tmp_path):
+    """`publish --dry-run` (hub.stage) on a miniImageNet checkpoint: the card says what the model was trained on."""
+    from matchnet.hub import stage
+
+    model = MatchingNetwork(in_channels=3, image_size=84, mean=[0.47, 0.45, 0.41], std=[0.28, 0.27, 0.29])
+    folder = save_model(model, tmp_path / "miniimagenet-1shot")
+    accuracy = {"5w1s": {"mean": 47.5, "ci95": 0.8}, "5w5s": {"mean": 60.1, "ci95": 0.7}}
+    (folder / "results.json").write_text(json.dumps({
+        "checkpoint": str(folder), "dataset": "miniimagenet", "split": "ravi", "test_classes": 20, "episodes": 1000,
+        "seed": 0, "query_per_class": 15, "hardware": "test", "model": model.config, "accuracy": accuracy}))
+    files = stage(folder, tmp_path / "staged")
+    card = (tmp_path / "staged" / "README.md").read_text()
+    assert "Trained on miniImageNet, `ravi` class split" in card and "normalised inside the model" in card
+    assert "[episodes, n, 3, 84, 84]" in card and "47.50 ± 0.80" in card and "miniImageNet (ravi split)" in card
+    assert "Omniglot" not in card.split("## Citation")[0]  # no Omniglot rows or data paths on this card
+    assert load_model(tmp_path / "staged").config["mean"] == [0.47, 0.45, 0.41]
+    assert {f.name for f in files} >= {"config.json", "model.safetensors", "README.md", "results.json"}
+
+
 # -- training through the CLI ---------------------------------------------------------------------------------
 
 @pytest.fixture

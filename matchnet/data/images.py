@@ -17,7 +17,6 @@ counted. Per-channel mean/std come from the training classes only and travel wit
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import os
 import sys
@@ -44,8 +43,8 @@ MINI_HELP = (
     "Expected miniImageNet in one of two layouts under the data root (or its miniimagenet/ folder): "
     "(a) Ravi & Larochelle's images/*.jpg with train.csv, val.csv, test.csv (`filename,label`; the CSVs may also "
     "sit in splits/ravi/ or in the folder given by data option csv_dir), or (b) class folders "
-    "{train,val,test}/<wnid>/*.jpg. matchnet cannot download miniImageNet (ImageNet's terms of access); the "
-    "Ravi split CSVs are in ../shared/data/miniimagenet/splits/ravi/ of the project's data."
+    "{train,val,test}/<wnid>/*.jpg. matchnet cannot download miniImageNet (ImageNet's terms of access); "
+    "Ravi's split CSVs are twitter/meta-learning-lstm's data/miniImagenet/{train,val,test}.csv."
 )
 
 # data options: name -> (type(s), default). Shared by both datasets; each dataset adds its own.
@@ -512,12 +511,4 @@ def load_image_folder(root: str | os.PathLike, split: str = "random", download: 
 
 LOADERS: dict[str, Callable[..., dict[str, FewShotSplit]]] = {
     "miniimagenet": load_miniimagenet, "folder": load_image_folder}
-
-
-def describe(splits: dict[str, FewShotSplit]) -> str:
-    """One line: classes per split, images per class, image shape, normalisation."""
-    s = splits["train"]
-    counts = ", ".join(f"{p} {splits[p].num_classes}" for p in SPLITS)
-    return (f"{counts} classes x {s.per_class} images of {'x'.join(map(str, s.images.shape[2:]))}; "
-            f"mean {list(s.mean)}, std {list(s.std)}")
 
