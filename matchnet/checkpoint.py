@@ -71,10 +71,11 @@ def model_kwargs(config: dict[str, Any], path: Path) -> dict[str, Any]:
     params = inspect.signature(MatchingNetwork.__init__).parameters
     known = {k for k in params if k != "self"}
     unknown = sorted(k for k in config if k not in known and k != "matchnet_format")
-    missing = sorted(k for k in known if k not in config)
+    # A key the constructor has a default for may be absent: configs written before it existed (mean/std) load.
+    missing = sorted(k for k in known if k not in config and params[k].default is inspect.Parameter.empty)
     if unknown or missing:
         raise CheckpointError(f"{path}: unknown keys {unknown}, missing keys {missing}")
-    return {k: config[k] for k in known}
+    return {k: config[k] for k in known if k in config}
 
 
 # Constructor arguments that must be positive; the rest of each type check comes from the signature.

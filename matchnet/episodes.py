@@ -7,7 +7,7 @@ evaluation, so that a seed gives the same episodes on every device (see evaluati
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -96,12 +96,13 @@ class EpisodeSampler:
         return shuffle_support(ep, self.generator) if self.shuffle_support else ep
 
 
-def shuffle_support(ep: Episodes, generator: torch.Generator) -> Episodes:
-    """The same episodes with each support set (images and labels together) in its own random order."""
+def shuffle_support(ep, generator: torch.Generator):
+    """The same episodes (Episodes, or any dataclass with support and support_labels) with each support set,
+    examples and labels together, in its own random order."""
     e, s = ep.support_labels.shape
     order = torch.rand(e, s, generator=generator, device=generator.device).argsort(1).to(ep.support.device)
-    images = ep.support.gather(1, order.view(e, s, *([1] * (ep.support.dim() - 2))).expand_as(ep.support))
-    return Episodes(images, ep.support_labels.gather(1, order), ep.query, ep.query_labels, ep.classes, ep.n_way)
+    support = ep.support.gather(1, order.view(e, s, *([1] * (ep.support.dim() - 2))).expand_as(ep.support))
+    return replace(ep, support=support, support_labels=ep.support_labels.gather(1, order))
 
 
 def evaluation_episodes(split: FewShotSplit, way: int, shot: int, query: int, episodes: int, seed: int,

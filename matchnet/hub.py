@@ -220,20 +220,26 @@ def model_card(model: MatchingNetwork, *, results: dict | None = None, training:
     data.model_name = name
     if results:
         data.eval_results = _eval_results(results)
-    body = [f"# {name}", "", _summary(model, results, training), "", _usage(repo_id or name), ""]
+    body = [f"# {name}", "", _summary(model, results, training), "", _usage(repo_id or name, model), ""]
     body += _results_section(results) + _training_section(training, results) + _files_section(files)
     body += ["## Citation", "", "```bibtex", BIBTEX, "```", ""]
     return ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body))
 
 
+# How a dataset is named in cards; "folder" is a user's own ROOT/<class>/*.jpg (matchnet.data.images).
+DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "miniImageNet", "folder": "an image folder"}
+DATA_FOLDERS = {"omniglot": "Omniglot in `data/omniglot-py/`", "miniimagenet": "miniImageNet in `data/miniimagenet/`"}
+
+
 def _eval_results(results: dict) -> list[EvalResult]:
     split, dataset = results.get("split", ""), results.get("dataset", "omniglot")
     out = []
-    for key in KEYS:
+    for key in (k for k in KEYS if k in results["accuracy"]):
         acc, column = results["accuracy"][key], COLUMN_NAMES[key]
         # One model-index entry per column: the mixin groups metrics by task type and dataset config.
         common = dict(task_type="few-shot-image-classification", task_name=f"{column} classification",
-                      dataset_type=dataset, dataset_name=f"{dataset.capitalize()} ({split} split), {column}",
+                      dataset_type=dataset,
+                      dataset_name=f"{DATASET_NAMES.get(dataset, dataset)} ({split} split), {column}",
                       dataset_config=f"{split}, {column}", dataset_split="test")
         out.append(EvalResult(**common, metric_type="accuracy", metric_value=round(acc["mean"], 2),
                               metric_name="accuracy (%)"))
@@ -250,8 +256,12 @@ def _summary(model: MatchingNetwork, results: dict | None, training: dict | None
            f"{c['fce_steps']} read steps over the queries)" if c["fce"] else "no Full Context Embeddings")
     params = sum(p.numel() for p in model.parameters())
     info = results or training or {}
-    data = (f" Trained on Omniglot, `{info['split']}` class split." if info.get("dataset") == "omniglot"
+    dataset = info.get("dataset")
+    data = (f" Trained on {DATASET_NAMES.get(dataset, dataset)}, `{info['split']}` class split." if dataset
             and "split" in info else "")
+    if c.get("mean"):  # natural images: normalised inside the model with the training classes' statistics
+        data += (f" Inputs are normalised inside the model per channel (mean {c['mean']}, std {c['std']}, the "
+                 "training classes' statistics).")
     return (f"A [Matching Network]({PAPER_URL}) (Vinyals et al., NeurIPS 2016) for one-shot image classification, "
             f"trained with matchnet, a plain PyTorch implementation.{data}\n\n"
             f"- Embedding: Conv-{c['layers']} ({c['layers']} × [3×3 conv, {c['hidden']} channels, BatchNorm, ReLU, "
@@ -262,14 +272,18 @@ def _summary(model: MatchingNetwork, results: dict | None, training: dict | None
             f"- {params:,} parameters; weights in safetensors, constructor arguments in config.json")
 
 
-def _usage(load_name: str) -> str:
+def _usage(load_name: str, model: MatchingNetwork | None = None) -> str:
+    c = model.config if model is not None else {"in_channels": 1, "image_size": 28}
+    side = c["image_size"]
+    what = "ink = 1" if c["in_channels"] == 1 else "RGB, not normalised (the model normalises)"
     return "\n".join([
         "## Usage", "",
         "```python",
         "import matchnet",
         "",
         f'model = matchnet.load("{load_name}")  # or matchnet.MatchingNetwork.from_pretrained(...)',
-        "# images: float [episodes, n, 1, 28, 28] in [0, 1], ink = 1; labels: int64 [episodes, n] in [0, N)",
+        f"# images: float [episodes, n, {c['in_channels']}, {side}, {side}] in [0, 1], {what}; "
+        "labels: int64 [episodes, n] in [0, N)",
         "support = model.embed_support(support_images, support_labels)",
         "log_probs, attention = model.classify(support, query_images)  # [E, Q, N], [E, Q, S]",
         "```",
@@ -283,6 +297,17 @@ def _results_section(results: dict | None) -> list[str]:
     protocol = (f"{results['episodes']} test episodes per column (seed {results['seed']}), "
                 f"{results['query_per_class']} queries per class, {results['test_classes']} test classes of the "
                 f"`{results['split']}` split; evaluated on {results['hardware']}.")
+    if results.get("dataset", "omniglot") != "omniglot":  # results_table's quoted rows are Omniglot's
+        keys = [k for k in KEYS if k in results["accuracy"]]
+        table = "\n".join([f"| model | split | FCE | {' | '.join(COLUMN_NAMES[k] for k in keys)} |",
+                           "|---|---|---|" + "---:|" * len(keys),
+                           f"| {Path(results['checkpoint']).name} | {results['split']} | "
+                           f"{'yes' if results['model']['fce'] else 'no'} | "
+                           + " | ".join(f"{results['accuracy'][k]['mean']:.2f} ± {results['accuracy'][k]['ci95']:.2f}"
+                                        for k in keys) + " |"])
+        return ["## Results", "", "Accuracy (%) ± the half-width of the 95% confidence interval over test "
+                f"episodes, on {DATASET_NAMES.get(results['dataset'], results['dataset'])}.", "", table, "",
+                protocol, ""]
     return ["## Results", "",
             "Accuracy (%) ± the half-width of the 95% confidence interval over test episodes. Rows in *italics* "
             "are quoted from papers, not measured here.", "",
@@ -291,6 +316,8 @@ def _results_section(results: dict | None) -> list[str]:
 
 def _training_section(training: dict | None, results: dict | None) -> list[str]:
     commands = [c["command"] for c in (training, results) if c and c.get("command")]
+    dataset = (results or training or {}).get("dataset", "omniglot")
+    where = DATA_FOLDERS.get(dataset, "the training data under `data/`")
     out = []
     if training:
         t = training.get("train_config", {})
@@ -308,7 +335,7 @@ def _training_section(training: dict | None, results: dict | None) -> list[str]:
         out += ["## Training", "", *lines, "", "<details><summary>Full training config (training.json)</summary>",
                 "", "```json", json.dumps(training, indent=2), "```", "", "</details>", ""]
     if commands:
-        out += ["## Reproduce", "", "From a matchnet checkout with Omniglot in `data/omniglot-py/`:", "",
+        out += ["## Reproduce", "", f"From a matchnet checkout with {where}:", "",
                 "```bash", *commands, "```", "",
                 "`python train/run.py rebuild --device cuda` retrains and re-evaluates every shipped model.", ""]
     return out

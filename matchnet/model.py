@@ -39,6 +39,7 @@ class Conv4(nn.Module):
         super().__init__()
         blocks = [conv_block(in_channels if i == 0 else hidden, hidden) for i in range(layers)]
         self.net = nn.Sequential(*blocks)
+        self.image_size = image_size
         side = image_size
         for _ in range(layers):
             side //= 2  # MaxPool2d(2) floors
@@ -194,12 +195,25 @@ class MatchingNetwork(
         fce_steps: int = 5,
         scale: float = 30.0,
         learn_scale: bool = False,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ):
         super().__init__(Conv4(in_channels, hidden, layers, image_size), fce, fce_steps, scale, learn_scale)
         self.config = dict(
             in_channels=in_channels, image_size=image_size, hidden=hidden, layers=layers,
             fce=fce, fce_steps=fce_steps, scale=scale, learn_scale=learn_scale,
         )
+        # Per-channel input normalisation (natural images: the training classes' statistics). It lives in
+        # config.json, not in the weights, so checkpoints without it (Omniglot) load and run exactly as before.
+        if mean is not None or std is not None:
+            if mean is None or std is None or len(mean) != in_channels or len(std) != in_channels:
+                raise ValueError(f"mean and std need one value per input channel ({in_channels}); got {mean}, {std}")
+            if min(std) <= 0:
+                raise ValueError(f"std must be positive, got {std}")
+            self.config.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
+        as_buffer = (lambda v: None if v is None else torch.tensor(v, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("input_mean", as_buffer(mean), persistent=False)
+        self.register_buffer("input_std", as_buffer(std), persistent=False)
         self.channels_last = False
 
     # -- Hub mixin hooks. Imports are local: checkpoint.py and hub.py import this module.
@@ -242,10 +256,16 @@ class MatchingNetwork(
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel for [..., C, H, W] in [0, 1]; the images themselves without mean/std."""
+        if self.input_mean is None:
+            return images
+        return (images - self.input_mean) / self.input_std
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """f' = g' (shared Conv-4): [E, M, C, H, W] -> [E, M, d]."""
         e, m = images.shape[:2]
-        x = images.flatten(0, 1)
+        x = self.normalize(images.flatten(0, 1))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(x).view(e, m, -1).float()

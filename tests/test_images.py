@@ -335,6 +335,12 @@ def test_a_folder_dataset_with_class_lists_trains_through_the_cli(synthetic, tmp
                     "--set", "steps=10", "--set", "val_every=10", "--set", f'out_dir="{out}"'])
     assert code == 0
     assert load_model(out / "final").config["image_size"] == 16
+    # eval finds the dataset, split and data options in the run's train_config.json, decodes at the model's
+    # size, and evaluates the paper's natural-image columns (5-way) on these 5 test classes
+    result = tmp_path / "eval.json"
+    assert run_cli(["eval", "--checkpoint", str(out / "final"), "--device", "cpu", "--data-root",
+                    str(synthetic["folder"]), "--episodes", "20", "--out", str(result)]) == 0
+    assert set(json.loads(result.read_text())["accuracy"]) == {"5w1s", "5w5s"}
     bad = run_cli(["train", "--config", str(ROOT / "train" / "configs" / "miniimagenet_1shot.toml"),
                    "--device", "cpu", "--data-root", str(synthetic["folder"]), "--set", 'dataset="folder"',
                    "--set", "data_options={image_sise = 16}", "--set", f'out_dir="{tmp_path / "bad"}"'])

@@ -63,23 +63,48 @@ def cmd_train(args) -> None:
     print(json.dumps(summary, indent=2))
     if args.eval:
         evaluate_checkpoint(Path(cfg.run_dir) / "best", cfg.dataset, cfg.split, cfg.data_root, cfg.device,
-                            args.episodes, args.seed, Path(cfg.run_dir) / "results.json", train_cfg=cfg)
+                            args.episodes, args.seed, Path(cfg.run_dir) / "results.json", train_cfg=cfg,
+                            data_options=cfg.data_options)
+
+
+def training_meta(folder: Path) -> dict:
+    """How a checkpoint was trained: its training.json (shipped and rebuilt models) or, for a run's best/ or
+    final/, the run's train_config.json. Empty when neither exists."""
+    from matchnet.checkpoint import read_json
+
+    meta = read_json(folder / "training.json") or {}  # CheckpointError naming the file if it is not an object
+    config = meta.get("train_config") or read_json(folder.parent / "train_config.json") or {}
+    return {"dataset": meta.get("dataset", config.get("dataset")), "split": meta.get("split", config.get("split")),
+            "data_options": config.get("data_options") or {}}
 
 
 def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, device: str, episodes: int,
-                        seed: int, out: Path | None, train_cfg=None) -> dict:
+                        seed: int, out: Path | None, train_cfg=None, data_options: dict | None = None) -> dict:
     from matchnet.checkpoint import load_model
     from matchnet.data import load_splits
     from matchnet.engine import resolve_device
-    from matchnet.evaluate import TEST_QUERY, evaluate_table
+    from matchnet.evaluate import COLUMNS, TEST_QUERY, evaluate_table
 
     if out is not None:
         check_writable(out)  # before minutes of evaluation, not after
     dev = resolve_device(device)
     model = load_model(folder, dev)
-    splits = load_splits(dataset, split, data_root)
+    options = dict(data_options or {})
+    if dataset != "omniglot":  # natural images: decode at the size the model was trained at
+        options["image_size"] = model.config["image_size"]
+    splits = load_splits(dataset, split, data_root, **options)
+    test = splits["test"]
+    # Omniglot: the paper's Table 1 columns; natural images: its Table 2 columns (5-way 1- and 5-shot). A column
+    # needs as many test classes as ways.
+    columns = COLUMNS if dataset == "omniglot" else ((5, 1), (5, 5))
+    skipped = [c for c in columns if c[0] > test.num_classes]
+    columns = tuple(c for c in columns if c[0] <= test.num_classes)
+    if not columns:
+        raise ValueError(f"the test split has {test.num_classes} classes: too few for any {columns or skipped} column")
+    for way, shot in skipped:
+        print(f"skipping {way}-way {shot}-shot: the test split has {test.num_classes} classes", file=sys.stderr)
     t = time.perf_counter()
-    accs = evaluate_table(model, splits["test"].to(dev), episodes=episodes, seed=seed)
+    accs = evaluate_table(model, test.to(dev), episodes=episodes, seed=seed, columns=columns)
     result = {
         "checkpoint": str(folder), "dataset": dataset, "split": split, "test_classes": splits["test"].num_classes,
         "episodes": episodes, "seed": seed, "query_per_class": TEST_QUERY, "hardware": hardware(dev),
@@ -121,7 +146,6 @@ def check_writable(out: Path) -> None:
 
 
 def cmd_eval(args) -> None:
-    from matchnet.checkpoint import read_json
     from matchnet.results import write_results_md
 
     folder = Path(args.checkpoint)
@@ -129,10 +153,9 @@ def cmd_eval(args) -> None:
         raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such checkpoint folder")
-    # training.json, written beside shipped checkpoints, says which data the model was trained on
-    meta = read_json(folder / "training.json") or {}  # CheckpointError naming the file if it is not an object
-    dataset = args.dataset or meta.get("dataset", "omniglot")
-    split = args.split or meta.get("split", "vinyals")
+    meta = training_meta(folder)  # which data the model was trained on
+    dataset = args.dataset or meta["dataset"] or "omniglot"
+    split = args.split or meta["split"] or ("ravi" if dataset == "miniimagenet" else "vinyals")
     if args.protocol == "within-alphabet":  # Lake et al.'s test; writes runs/eval/, never results.json
         from table_within_alphabet import eval_checkpoint
         eval_checkpoint(args, folder, dataset, split, hardware)
@@ -142,7 +165,7 @@ def cmd_eval(args) -> None:
         sys.exit(f"error: --write-docs needs at least {MIN_REPORTED_EPISODES} episodes per column "
                  f"(got {args.episodes})")
     evaluate_checkpoint(folder, dataset, split, args.data_root or "data", args.device or "auto", args.episodes,
-                        args.seed, out)
+                        args.seed, out, data_options=meta["data_options"])
     if args.write_docs:
         write_results_md(ROOT)
 
@@ -238,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     common(p, config=False)
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder (config.json + model.safetensors)")
     p.add_argument("--dataset", help="default: from the folder's training.json, else omniglot")
-    p.add_argument("--split", choices=["vinyals", "lake"], help="default: from training.json, else vinyals")
+    p.add_argument("--split", help="vinyals | lake (omniglot), ravi (miniimagenet), random | lists (folder); "
+                                   "default: the training's, else vinyals")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes (default 0)")
     p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json with --episodes >= 1000, "

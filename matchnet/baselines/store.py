@@ -65,7 +65,7 @@ ENCODER = "conv4-encoder"
 def save_encoder(encoder: nn.Module, folder: str | os.PathLike, info: dict[str, Any]) -> Path:
     """A Conv4 (matchnet.model) alone: the part of a baseline that the table's matching uses."""
     config = {"in_channels": encoder.net[0][0].in_channels, "hidden": encoder.net[0][0].out_channels,
-              "layers": len(encoder.net), "image_size": 28}
+              "layers": len(encoder.net), "image_size": getattr(encoder, "image_size", 28)}
     return save_weights(encoder, folder, ENCODER, config, info)
 
 
