@@ -1,5 +1,9 @@
-"""Inference for the demo, without gradio: read any image, turn it into an Omniglot-like 28x28 input, and
+"""Inference for the demo, without gradio: read any image, turn it into the input a checkpoint expects, and
 classify queries against a support set that is embedded once.
+
+Two kinds of checkpoint: Omniglot-style (1x28x28: drawings, see below) and any other (photos: e.g. RGB
+3x84x84; centre-cropped and resized as the image datasets are, no stroke processing). `prepare` picks the
+right one for a model; `input_shape` says what a model takes.
 
 Preprocessing rebuilds what a drawing would look like as an Omniglot page (105x105, the character at
 Omniglot's median size and position, strokes at Omniglot's median width) and then shrinks it exactly as
@@ -19,6 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
@@ -33,8 +38,11 @@ STROKE_RADIUS = 2.5  # strokes are redrawn as the skeleton dilated by this disk:
 MAX_PIXELS = 60_000_000  # refused before decoding: bigger images cost seconds and gigabytes for nothing
 MAX_BYTES = 32 * 1024 * 1024
 WORK_SIDE = 512  # larger images are box-downscaled first; the 105-px page needs no more detail
+MIN_WORK_SHORT = 16  # ... but never below this many pixels on the short side (thin strips keep their rows)
 MIN_CONTRAST = 0.15  # darkest ink vs paper, as a fraction of full scale; below this the image is blank
 INK_LEVEL = 0.5  # fraction of the strongest ink that counts as ink (chosen on distorted Omniglot, docs/APP.md)
+# Photos are resized like the image datasets' loader (matchnet.data.images.decode_image) does.
+PHOTO_RESAMPLE = Image.LANCZOS
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -56,11 +64,17 @@ def load_checkpoint(name_or_path: str | os.PathLike = DEFAULT_CHECKPOINT, device
 # --------------------------------------------------------------------------------------------- decoding
 
 def open_image(source: ImageSource) -> Image.Image:
-    """Decode an upload, a path, an array or a PIL image; refuse non-images, corrupt files and giants."""
+    """Decode an upload, a path, an array or a PIL image; refuse non-images, corrupt files and giants.
+    Returns a drawing's modes (L, RGBA or F), at most WORK_SIDE px on each side."""
+    return _normalise_mode(decode(source))
+
+
+def decode(source: ImageSource) -> Image.Image:
+    """The image as decoded, in its own mode and (for JPEG, roughly) size; the checks of open_image."""
     if isinstance(source, Image.Image):
-        return _normalise_mode(source)
+        return source
     if isinstance(source, np.ndarray):
-        return _normalise_mode(_from_array(source))
+        return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -87,7 +101,7 @@ def open_image(source: ImageSource) -> Image.Image:
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         raise InputError(f"{name}: corrupt or truncated image") from None
-    return _normalise_mode(img)
+    return img
 
 
 def _from_array(a: np.ndarray) -> Image.Image:
@@ -108,7 +122,9 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 def _normalise_mode(img: Image.Image) -> Image.Image:
     """One of L, RGBA, or F (high bit depth scaled to [0, 255]), downscaled to at most WORK_SIDE."""
-    factor = -(-max(img.size) // WORK_SIDE)  # ceil
+    # One factor for both sides (the shape must not change), but the short side keeps MIN_WORK_SHORT px: a
+    # 5000x10 strip shrunk to 500x1 would average ink and paper into one grey row, which reads as blank.
+    factor = min(-(-max(img.size) // WORK_SIDE), max(1, min(img.size) // MIN_WORK_SHORT))
     if factor > 1 and img.mode in ("L", "RGB") and "transparency" not in img.info:  # shrink first: 4x faster
         img, factor = img.reduce(factor), 1
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -138,14 +154,23 @@ def ink_map(img: Image.Image) -> np.ndarray:
             gray = 1.0 - alpha  # light strokes on a transparent sheet: the alpha channel is the drawing
     else:
         gray = np.asarray(img, dtype=np.float32) / 255.0
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    paper = float(np.median(border))
+    paper = paper_level(gray)
     ink = (paper - gray) if paper >= 0.5 else (gray - paper)  # dark ink on light paper, or the reverse
     ink = np.clip(ink, 0.0, None)
     top = float(ink.max())
     if top < MIN_CONTRAST:
         return np.zeros_like(ink)
     return ink / top
+
+
+def paper_level(gray: np.ndarray) -> float:
+    """The paper's grey level: the median of the image's outer ring of pixels, where drawings rarely reach.
+    When that ring is most of the image (a strip a few pixels thin), the median of the whole image: ink is
+    the minority of a drawing's pixels."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.size * 2 > gray.size:
+        return float(np.median(gray))
+    return float(np.median(border))
 
 
 # --------------------------------------------------------------------------------------- preprocessing
@@ -259,9 +284,79 @@ def clean_omniglot(source: ImageSource) -> np.ndarray:
 
 
 def to_display(x: np.ndarray, scale: int = 3) -> np.ndarray:
-    """A model input [28, 28] (ink = 1) as a dark-on-white uint8 thumbnail, pixel-exact (nearest upscale)."""
+    """A model input as a uint8 thumbnail: a drawing [28, 28] (ink = 1) dark on white, pixel-exact (nearest
+    upscale); a photo [C, H, W] in [0, 1] as it is (HxWx3, or HxW for one channel)."""
+    if x.ndim == 3:
+        img = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        return img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0))
     img = (255 - np.clip(x, 0, 1) * 255).astype(np.uint8)
     return np.kron(img, np.ones((scale, scale), np.uint8))
+
+
+# ------------------------------------------------------------------------------------- photos, any model
+
+def input_shape(model: MatchingNetwork) -> tuple[int, int, int]:
+    """(channels, height, width) of the images a model takes, from its config."""
+    config = getattr(model, "config", {})
+    size = int(config.get("image_size", IMAGE_SIZE))
+    return int(config.get("in_channels", 1)), size, size
+
+
+def is_drawing_model(model: MatchingNetwork) -> bool:
+    """Omniglot-style: one channel, 28 px. These get the drawing preprocessing; any other model gets photos."""
+    return input_shape(model) == (1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def describe_shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def preprocess_photo(source: ImageSource, size: int = 84, channels: int = 3, resize: str = "crop") -> np.ndarray:
+    """Any image -> float32 [channels, size, size] in [0, 1]: transparency on white; then resize "crop" (the
+    largest centred square, resized) or "stretch" (the whole image squashed to a square), as the image
+    datasets' data option `resize` does. No stroke processing; the model normalises its inputs itself."""
+    if resize not in ("crop", "stretch"):
+        raise ValueError(f"resize must be 'crop' or 'stretch', not {resize!r}")
+    img = decode(source)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _normalise_mode(img).convert("L")  # high bit depth, scaled to 8 bits
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    img = img.convert("RGB" if channels == 3 else "L")
+    w, h = img.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    if resize == "stretch":
+        box = (0, 0, w, h)
+    img = img.resize((size, size), PHOTO_RESAMPLE, box=box, reducing_gap=3.0)
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def prepare(source: ImageSource, model: MatchingNetwork, resize: str = "crop") -> np.ndarray:
+    """Any image as the input this model takes: a drawing [28, 28], or a photo [C, H, W] (resize: see
+    preprocess_photo)."""
+    if is_drawing_model(model):
+        return preprocess(source)
+    channels, size, _ = input_shape(model)
+    return preprocess_photo(source, size, channels, resize)
+
+
+def as_model_input(images: np.ndarray, model: MatchingNetwork) -> torch.Tensor:
+    """[M, H, W] or [M, C, H, W] -> a tensor [1, M, C, H, W], or an InputError saying what the model expects
+    (instead of a convolution's shape traceback several layers down)."""
+    shape = input_shape(model)
+    a = np.ascontiguousarray(images, np.float32)
+    if a.ndim == 3:  # [M, H, W]: one channel
+        a = a[:, None]
+    if a.ndim != 4 or tuple(a.shape[1:]) != shape:
+        got = describe_shape(a.shape[1:]) if a.ndim == 4 else f"an array of shape {describe_shape(a.shape)}"
+        kind = "RGB " if shape[0] == 3 else ""
+        raise InputError(f"this model expects {describe_shape(shape)} images ({kind}{shape[1]} px square); "
+                         f"got {got}")
+    return torch.from_numpy(a).unsqueeze(0)
 
 
 # ----------------------------------------------------------------------------------------- classifying
@@ -274,6 +369,10 @@ class Result:
     support_labels: list[str]  # S names, one per support example
     probs: np.ndarray  # [Q, N]
     attention: np.ndarray  # [Q, S], rows sum to 1
+    cosine: np.ndarray | None = None  # [Q, S] before the softmax: attention = softmax(scale * cosine)
+    scale: float = 1.0  # the model's softmax scale
+    query_points: np.ndarray | None = None  # [Q, d] unit-length query embeddings (the cosine's left side)
+    support_points: np.ndarray | None = None  # [S, d] unit-length support embeddings
 
     @property
     def predicted(self) -> list[str]:
@@ -286,6 +385,8 @@ class Result:
             "probabilities": [[round(float(p), 6) for p in row] for row in self.probs],
             "support_labels": self.support_labels,
             "attention": [[round(float(a), 6) for a in row] for row in self.attention],
+            **({"similarity": [[round(float(c), 6) for c in row] for row in self.cosine]}
+               if self.cosine is not None else {}),
         }
 
 
@@ -328,17 +429,25 @@ class EmbeddedSupport:
         self.labels = list(labels)
         self.key = fingerprint(images, self.labels, model_key)
         index = {c: i for i, c in enumerate(self.classes)}
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).view(1, -1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        x = as_model_input(images, model)
         y = torch.tensor([[index[c] for c in self.labels]])
         self.model = model
         with torch.inference_mode():
             self.support: SupportSet = model.embed_support(x, y, len(self.classes))
 
     def classify(self, queries: np.ndarray) -> Result:
-        x = torch.from_numpy(np.ascontiguousarray(queries, np.float32)).view(1, -1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        x = as_model_input(queries, self.model)
+        model = self.model
         with torch.inference_mode():
-            log_probs, attention = self.model.classify(self.support, x)
-        return Result(self.classes, self.labels, log_probs[0].exp().numpy(), attention[0].numpy())
+            features = model.encode(x)
+            log_probs, attention = model.classify(self.support, features=features)
+            # The cosines behind the attention, for the demo (model.classify's own first steps): with the
+            # softmax scale at 30 the attention is nearly one-hot and hides which other examples were close.
+            f = model.query_lstm(features, self.support.embeddings) if model.fce else features
+            points = F.normalize(f, dim=-1)
+            cosine = points @ self.support.normalized.transpose(1, 2)
+        return Result(self.classes, self.labels, log_probs[0].exp().numpy(), attention[0].numpy(),
+                      cosine[0].numpy(), float(model.scale), points[0].numpy(), self.support.normalized[0].numpy())
 
 
 class SupportCache:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import re
 import socket
 import struct
 import sys
@@ -21,7 +22,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import app  # noqa: E402  (sets GRADIO_ANALYTICS_ENABLED before importing gradio)
+import demo  # noqa: E402  (sets GRADIO_ANALYTICS_ENABLED before importing gradio)
+from demo.state import MAX_FILE_MB, Session  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
@@ -76,11 +78,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     _watching.set()
-    demo = app.build_demo()
+    page = demo.build_demo()
     port = free_port()
-    app.launch(demo, port=port, prevent_thread_lock=True, quiet=True)  # returns once the server answers
+    demo.launch(page, port=port, prevent_thread_lock=True, quiet=True)  # returns once the server answers
     yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    page.close()
     _watching.clear()
 
 
@@ -153,6 +155,11 @@ def test_probabilities_and_attention(client):
         mass = att[:, [i for i, label in enumerate(labels) if label == name]].sum(1)
         np.testing.assert_allclose(mass, probs[:, c], atol=1e-4)
     assert out["labels"] == [out["classes"][i] for i in probs.argmax(1)]
+    # the cosines behind the attention: attention = softmax(30 * cosine), the shipped model's scale
+    cos = np.array(out["similarity"])
+    assert cos.shape == att.shape and (np.abs(cos) <= 1 + 1e-5).all()
+    z = np.exp(30 * (cos - cos.max(1, keepdims=True)))
+    np.testing.assert_allclose(z / z.sum(1, keepdims=True), att, atol=1e-3)
 
 
 def test_support_is_cached_per_client(server, client):
@@ -254,6 +261,8 @@ def bad_file(tmp_path: Path, kind: str) -> Path:
     ("non-image", "notes.txt.*not an image"),
     ("corrupt png", "corrupt.png.*corrupt or truncated"),
     ("giant png", "giant.png.*megapixels"),
+    ("six shots", "at most 5 examples per class; class .* has 6"),
+    ("33 queries", "at most 100 support and 32 query images per call"),
 ])
 def test_bad_input_gets_its_message_and_changes_nothing(client, tmp_path, case, message):
     support, labels, queries, _ = episode(CHARS[15:18], shot=1)
@@ -275,6 +284,11 @@ def test_bad_input_gets_its_message_and_changes_nothing(client, tmp_path, case, 
         args["support"], args["labels"] = [], []
     elif case == "no query":
         args["queries"] = []
+    elif case == "six shots":  # the page stops at k = 5: so does the API
+        c = CHARS[15]
+        args["support"], args["labels"] = EXAMPLES[c][:6] + support[1:], [c] * 6 + labels[1:]
+    elif case == "33 queries":
+        args["queries"] = (queries * 11)[:33]
     else:
         kind = {"non-image": "text", "corrupt png": "corrupt", "giant png": "giant"}[case]
         args["queries"] = [bad_file(tmp_path, kind)]
@@ -284,13 +298,24 @@ def test_bad_input_gets_its_message_and_changes_nothing(client, tmp_path, case, 
     assert classify(client, support, labels, queries)["support_cached"]
 
 
+def test_file_over_the_upload_limit_is_refused_before_upload(client, tmp_path):
+    """gradio's upload limit (32 MB) is checked by gradio_client itself, before sending: a ValueError naming
+    the file and the limit (docs/APP.md says so), not an AppError; the server never sees the file."""
+    support, labels, queries, _ = episode(CHARS[:2], shot=1)
+    big = tmp_path / "huge.png"
+    with big.open("wb") as f:
+        f.truncate(MAX_FILE_MB * 2**20 + 1)
+    with pytest.raises(ValueError, match="huge.png exceeds the maximum file size of 33554432 bytes"):
+        classify(client, support, labels, [big])
+
+
 # ----------------------------------------------------------------- the UI's answers to bad input
 
 @pytest.fixture(scope="module")
 def ui(server):
     """The app's handlers, called directly (the browser test drives them through the page)."""
-    a = app.App()
-    a.build()
+    a = demo.App()
+    demo.page.build(a)
     return a
 
 
@@ -310,20 +335,87 @@ def problem(ui, out: dict) -> str:
     return out[ui.status]
 
 
+def cards(html: str) -> list[tuple[str, float]]:
+    """(label, attention) of the attention view's cards, in the order shown."""
+    return [(label, float(a)) for label, a in re.findall(r'data-label="([^"]*)" data-attention="([0-9.]+)"', html)]
+
+
 def test_ui_draw_support_then_query(ui):
-    s = app.Session()
+    s = Session()
     ui.on_shape(2, 1, s)
     ui.on_support_drawn(line(), 0, s)  # A: horizontal
     ui.on_next(s)
     ui.on_support_drawn(line(vertical=True), 1, s)  # B: vertical
     out = ui.on_classify(line(150, vertical=True), s)
     assert "Prediction: **B**" in out[ui.prediction]
-    assert out[ui.attention]["value"][1][1].startswith("B·1")
+    shown = cards(out[ui.attention])
+    assert shown[0][0] == "B·1" and shown[0][1] > 0.5  # most attended first
+    assert [label for label, _ in shown] == ["B·1", "A·1"]
+    assert out[ui.results_side]["visible"] and out[ui.results_below]["visible"]
+    assert out[ui.heatmap]["visible"] is False  # one query, one shot: the cards say it all
+
+
+def test_ui_attention_view_shows_cosines_and_a_what_if_scale(ui):
+    s = Session()
+    ui.on_random(5, 2, s)
+    out = ui.on_scale(30, s)
+    html = out[ui.attention]
+    assert html.count('class="mn-card') == 10 and html.count("mn-cos") >= 10  # one cosine bar per example
+    weights = [a for _, a in cards(html)]
+    assert weights == sorted(weights, reverse=True)
+    assert out[ui.heatmap]["visible"] is True  # 2 shots: the classes x shots map adds something
+    flat = [a for _, a in cards(ui.on_scale(1, s)[ui.attention])]
+    assert max(flat) < max(weights) and "what-if" in ui.on_scale(1, s)[ui.attention]
+    assert "Prediction" in out[ui.prediction]
+
+
+def test_ui_first_load_shows_no_empty_results(ui):
+    s = Session()
+    out = ui.on_load(s)
+    assert out[ui.results_side]["visible"] is False and out[ui.results_below]["visible"] is False
+    assert "Now drawing" not in out[ui.slot_title] and "complete" in out[ui.slot_title]
+    out = ui.on_next(s)  # the visitor picks a slot: now the line says what is being drawn
+    assert "Now drawing: class B" in out[ui.slot_title]
+    out = ui.on_clear(s)
+    assert "Now drawing: class A, example 1 of 1" in out[ui.slot_title]
+
+
+def test_ui_renaming_after_a_random_episode_keeps_the_score(ui):
+    s = Session()
+    out = ui.on_random(5, 1, s)
+    truth = s.truth_names()[0]
+    assert "1/1 correct" in out[ui.status], out[ui.status]  # the shipped model gets these right
+    renamed = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    out = ui.on_names(", ".join(renamed), s)
+    new_truth = renamed["ABCDE".index(truth)]
+    assert f"1/1 correct (the query is {new_truth})" in out[ui.status], out[ui.status]
+    assert f"Prediction: **{new_truth}**" in out[ui.prediction]
+
+
+def test_ui_escapes_class_names_everywhere(ui):
+    s = Session()
+    ui.on_shape(2, 1, s)
+    evil = ["<img src=x onerror=alert(1)>", "<script>alert(2)</script>"]
+    out = ui.on_names(", ".join(evil), s)
+    ui.on_support_drawn(line(), 0, s)
+    ui.on_next(s)
+    ui.on_support_drawn(line(vertical=True), 1, s)
+    out = {**out, **ui.on_classify(line(150, vertical=True), s)}
+    out.update(ui.on_select_slot(s, type("Evt", (), {"index": 0})()))
+    texts = [out[ui.slot_title], out[ui.prediction], out[ui.status], out[ui.attention]]
+    for text in texts:
+        assert "<img src=x" not in text and "<script>" not in text, text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out[ui.slot_title]
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in out[ui.attention]
+    ticks = list(out[ui.probs].layout.xaxis.ticktext)  # plotly decodes entities: the axis shows the name
+    assert ticks == ["&lt;img src=x onerror=alert(1)&gt;", "&lt;script&gt;alert(2)&lt;/script&gt;"]
+    bad = ui.on_names("<b>x</b>, <b>x</b>", s)  # the error message quotes the name
+    assert "<b>" not in bad[ui.status] and "&lt;b&gt;" in bad[ui.status]
 
 
 def test_ui_embeds_the_support_set_once_per_change(ui):
     """A query costs one forward pass: the support embedding is cached in the session until it changes."""
-    s = app.Session()
+    s = Session()
     ui.on_shape(2, 1, s)
     ui.on_support_drawn(line(), 0, s)
     ui.on_next(s)
@@ -336,16 +428,20 @@ def test_ui_embeds_the_support_set_once_per_change(ui):
     ui.on_support_drawn(line(120), 0, s)  # a new drawing for A: both embeddings are redone, once
     ui.on_query_drawn(line(140, vertical=True), s)
     assert (s.cache.misses, s.cache.hits) == (4, 5)
-    assert app.Session().cache is not s.cache
+    assert Session().cache is not s.cache
 
 
 def test_ui_bad_inputs(ui, tmp_path):
-    s = app.Session()
-    assert "query canvas is blank" in problem(ui, ui.on_classify(None, s))
-    assert "query canvas is blank" in problem(ui, ui.on_classify({"composite": np.full((256, 256), 255, np.uint8)}, s))
+    s = Session()
+    assert "no support set yet" in problem(ui, ui.on_classify(None, s))  # e.g. after Clear: the useful message
     assert "no support set" in problem(ui, ui.on_classify(line(), s))
     ui.on_support_drawn(line(), 0, s)  # class A only
     assert "class 'B' has no example" in problem(ui, ui.on_classify(line(), s))
+    full = Session()
+    ui.on_random(5, 1, full, with_query=False)
+    assert "query canvas is blank" in problem(ui, ui.on_classify(None, full))
+    assert "query canvas is blank" in problem(ui, ui.on_classify({"composite": np.full((256, 256), 255, np.uint8)},
+                                                                 full))
     before = list(s.names)
     assert "distinct: 'A' appears twice" in problem(ui, ui.on_names("A, A, C, D, E", s))
     assert "5 classes need 5 names" in problem(ui, ui.on_names("A", s))
@@ -361,7 +457,7 @@ def test_ui_bad_inputs(ui, tmp_path):
 
 
 def test_ui_uploads_odd_formats(ui, tmp_path):
-    s = app.Session()
+    s = Session()
     ui.on_shape(2, 1, s)
     a = np.asarray(Image.open(EXAMPLES[CHARS[0]][0]).convert("L"))
     b = np.asarray(Image.open(EXAMPLES[CHARS[1]][0]).convert("L"))

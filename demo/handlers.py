@@ -1,0 +1,396 @@
+"""The page's event handlers and /classify. Each handler takes what the page sends and the visitor's
+Session, and returns {component: new value}; page.py creates the components and wires the events.
+Pads are inputs only (page.py says why); bad input changes nothing but the status line.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+import torch
+
+from matchnet import inference as inf
+
+from . import figures as fig
+from .models import ROOT, Served, load
+from .state import (DEFAULT_NAMES, MAX_QUERIES, MAX_SHOT, MAX_SUPPORT, MAX_WAY, ApiSession, Query, Session,
+                    default_names, parse_names)
+
+EXAMPLES = ROOT / "assets" / "examples" / "omniglot"
+EMPTY_SLOT = 232  # grey level of an empty support slot's thumbnail
+log = logging.getLogger("matchnet.app")
+
+
+def guarded(fn: Callable) -> Callable:
+    """For UI handlers: bad input becomes a warning and a status line and changes nothing else; no
+    traceback ever reaches the page (unexpected errors are logged here and reported in one line)."""
+    @functools.wraps(fn)
+    def wrapper(self: "App", *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except inf.InputError as e:
+            message = str(e)
+        except Exception as e:  # noqa: BLE001 - the page gets one line, the log the traceback
+            log.exception("handler %s failed", fn.__name__)
+            message = f"internal error ({type(e).__name__}); the server log has the details"
+        gr.Warning(fig.esc(message))  # toasts render HTML
+        return {self.status: f"**Problem:** {fig.md(message)}"}
+    return wrapper
+
+
+def read_pad(value: dict | np.ndarray | None) -> np.ndarray | None:
+    """The character drawn in a Sketchpad as a model input, or None when the canvas is empty or blank."""
+    image = value.get("composite") if isinstance(value, dict) else value
+    if image is None:
+        return None
+    try:
+        return inf.preprocess(image)
+    except inf.InputError:
+        return None
+
+
+def read_files(served: Served, files: list[str] | None, what: str) -> list[Query]:
+    """All uploaded files or none: one bad file rejects the upload, naming the file."""
+    out = []
+    for i, path in enumerate(files or []):
+        name = Path(path).name
+        try:
+            out.append(Query(served.prepare(path), name))
+        except inf.InputError as e:
+            raise inf.InputError(f"{what} {i + 1} ({name}): {str(e).removeprefix(f'{name}: ')}") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ API
+
+def api_labels(labels: Any) -> list[str]:
+    if isinstance(labels, str):
+        try:
+            labels = json.loads(labels)
+        except json.JSONDecodeError:
+            labels = [x.strip() for x in labels.split(",")]
+    if isinstance(labels, dict) and "labels" in labels:
+        labels = labels["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, (str, int, float)) for x in labels):
+        raise inf.InputError("labels must be a list of class names, one per support image")
+    return [str(x).strip() for x in labels]
+
+
+def classify_files(served: Served | dict, support: list[str], labels: Any, queries: list[str], fce: bool,
+                   state: ApiSession) -> dict:
+    """The work of /classify; an InputError says what is wrong with the request."""
+    served = served if isinstance(served, Served) else Served(served)
+    if not support:
+        raise inf.InputError("no support set: send support images and one label per image")
+    if not queries:
+        raise inf.InputError("no query image: send one or more query images")
+    if len(support) > MAX_SUPPORT or len(queries) > MAX_QUERIES:
+        raise inf.InputError(f"at most {MAX_SUPPORT} support and {MAX_QUERIES} query images per call; got "
+                             f"{len(support)} and {len(queries)}")
+    labels = api_labels(labels)
+    if len(labels) != len(support):
+        raise inf.InputError(f"{len(support)} support images but {len(labels)} labels: give one label per image")
+    classes = inf.check_support(labels)
+    if len(classes) > MAX_WAY:
+        raise inf.InputError(f"at most {MAX_WAY} classes, got {len(classes)}")
+    crowded = next((c for c in classes if labels.count(c) > MAX_SHOT), None)
+    if crowded is not None:
+        raise inf.InputError(f"at most {MAX_SHOT} examples per class; class '{crowded}' has {labels.count(crowded)}")
+    key = "fce" if fce else "base"
+    if key not in served.models:
+        raise inf.InputError("this server has no FCE model (it serves one checkpoint): send fce=False")
+    digest = hashlib.sha1("\x00".join(labels).encode())
+    for path in support:
+        digest.update(Path(path).read_bytes() if Path(path).is_file() else path.encode())
+        digest.update(b"\x00")
+    cached = digest.hexdigest() == state.key and state.images is not None
+    # A new support set is decoded, but only kept once the queries are known to be good too.
+    images = state.images if cached else np.stack([q.x for q in read_files(served, support, "support image")])
+    xq = np.stack([q.x for q in read_files(served, queries, "query image")])
+    entry = state.cache.get(key, served.models[key], images, labels, classes)  # embedding cached on the pixels
+    state.key, state.images = digest.hexdigest(), images
+    return {**entry.classify(xq).to_json(), "model": served.ids[key], "support_cached": cached}
+
+
+# --------------------------------------------------------------------------------------------- the page
+
+class App:
+    """The page's handlers. Models are shared read-only; everything a visitor does is in their Session.
+    page.build(app) sets the component attributes (self.status, self.gallery, ...) that handlers update."""
+
+    def __init__(self, models: dict[str, Any] | Served | None = None, examples: Path = EXAMPLES,
+                 seed: int | None = None, checkpoint: str | None = None, resize: str | None = None):
+        # One intra-op thread: batches are tiny and requests already run in parallel; on a busy 2-core
+        # machine two threads made single queries hundreds of times slower (bench/app_latency.py).
+        torch.set_num_threads(1)
+        if isinstance(models, Served):
+            self.served = models
+        else:
+            self.served = Served(models) if models else load(checkpoint, resize)
+        self.models = self.served.models
+        self.drawing = self.served.drawing
+        self.examples = inf.list_examples(examples) if self.drawing else {}
+        self.seed = seed  # fixes every page's random episodes (tests, screenshots); None: each page its own
+
+    # views ------------------------------------------------------------------------------------------
+
+    def thumb(self, x: np.ndarray | None) -> np.ndarray:
+        if x is None:
+            c, h, w = self.served.shape
+            return np.full((84, 84) if self.drawing else (h, w, 3), EMPTY_SLOT, np.uint8)
+        return inf.to_display(x)
+
+    def support_view(self, s: Session) -> dict:
+        items = [(self.thumb(s.slots.get((c, j))), f"{'▶ ' if (c, j) == s.current else ''}{s.names[c]}·{j + 1}")
+                 for c, j in s.order()]
+        return {self.gallery: gr.update(value=items, columns=min(10, max(5, 2 * s.k_shot))),
+                self.slot_title: fig.slot_title(s, self.drawing), self.current: s.order().index(s.current),
+                self.names: ", ".join(s.names[:s.n_way])}
+
+    def result_view(self, s: Session, explicit: bool) -> dict:
+        """Classify every query against the cached support embedding(s).
+
+        explicit (the Classify button): problems are errors. Live updates while drawing only put them in the
+        status line: a half-drawn support set is normal then.
+        """
+        queries = s.queries()
+        try:
+            images, labels, classes = s.support()
+            if not queries:
+                raise inf.InputError(self.no_query_message())
+        except inf.InputError as e:
+            if explicit:
+                raise
+            return {self.status: f"Waiting: {fig.md(e)}"}
+        keys = ["base", "fce"] if s.compare and "fce" in self.models else ["base"]
+        xq = np.stack([q.x for q in queries])
+        results = {k: s.cache.get(k, self.models[k], images, labels, classes).classify(xq) for k in keys}
+        names = [q.name for q in queries]
+        s.shown = min(s.shown, len(queries) - 1)
+        filled = s.filled()
+        captions = [f"{s.names[c]}·{j + 1}" for c, j in filled]
+        model_names = self.served.names
+        heatmap = fig.heatmap_figure(results, captions, names, s, s.scale, model_names)
+        return {
+            self.status: fig.status_line(s, results["base"], names),
+            self.prediction: fig.prediction_md(results, names, model_names),
+            self.probs: fig.probs_figure(results, names[s.shown], s.shown, model_names),
+            self.attention: fig.attention_html(results, images, captions, s.shown, names[s.shown], s.scale,
+                                               model_names),
+            self.heatmap: gr.update(value=heatmap, visible=heatmap is not None),
+            self.embedding: fig.embedding_figure(results["base"], captions, [c for c, _ in filled],
+                                                 s.names[:s.n_way], names, model_names["base"]),
+            self.shown: gr.update(choices=[(n, i) for i, n in enumerate(names)], value=s.shown,
+                                  visible=len(names) > 1),
+            self.query_gallery: gr.update(value=[(self.thumb(q.x), f"{q.name}: {p}")
+                                                 for q, p in zip(queries, results["base"].predicted)],
+                                          visible=len(queries) > 1 or bool(s.uploads)),
+            self.results_side: gr.update(visible=True),
+            self.results_below: gr.update(visible=True),
+        }
+
+    def cleared_results(self) -> dict:
+        return {self.prediction: "", self.probs: None, self.attention: "", self.heatmap: None,
+                self.embedding: None, self.shown: gr.update(choices=[], value=None, visible=False),
+                self.query_gallery: gr.update(value=[], visible=False),
+                self.results_side: gr.update(visible=False), self.results_below: gr.update(visible=False)}
+
+    def no_query_message(self) -> str:
+        if self.drawing:
+            return "the query canvas is blank: draw a character (or upload query images)"
+        return "no query yet: upload one or more query images"
+
+    def welcome(self, s: Session) -> str:
+        if self.drawing:
+            return "Cleared: draw one example per class on the left, then a query on the right."
+        return (f"Upload {s.k_shot} image{'s' * (s.k_shot > 1)} per class into the slots (*Upload into slots*), "
+                "then one or more query images.")
+
+    # handlers (pads are inputs only: see page.py) -----------------------------------------------------
+
+    @guarded
+    def on_support_drawn(self, value: dict | None, current: float | None, s: Session) -> dict:
+        x = read_pad(value)
+        if x is None:  # a cleared pad (Next, a new slot, the pad's own bin) leaves the slot as it is
+            return {self.status: gr.skip()}  # nothing to update
+        order = s.order()
+        index = int(current) if current is not None and 0 <= int(current) < len(order) else order.index(s.current)
+        s.slots[order[index]] = x  # the slot the pad showed when the stroke ended, even if Next came since
+        s.building = True
+        s.forget_episode()
+        return {**self.support_view(s), **self.result_view(s, explicit=False)}
+
+    @guarded
+    def on_query_drawn(self, value: dict | None, s: Session) -> dict:
+        x = read_pad(value)
+        if x is None and s.drawn is None:  # a blank pad cleared again: keep the status line as it is
+            return {self.status: gr.skip()}
+        s.drawn = None if x is None else Query(x, "drawn query")
+        if x is not None:
+            s.truth = []
+        elif not s.uploads:  # the query pad was cleared: so are its results
+            return {self.status: "Query cleared: draw a character.", **self.cleared_results()}
+        return self.result_view(s, explicit=False)
+
+    @guarded
+    def on_classify(self, value: dict | None, s: Session) -> dict:
+        s.support()  # first what is missing in the support set: after Clear, that is the useful message
+        x = read_pad(value)  # the pad as it is now, even if its change event is still queued
+        if x is None and not s.uploads:
+            raise inf.InputError(self.no_query_message())
+        if x is not None and (s.drawn is None or not np.array_equal(x, s.drawn.x)):
+            s.drawn, s.truth = Query(x, "drawn query"), []
+        return self.result_view(s, explicit=True)
+
+    def select(self, s: Session, index: int) -> dict:
+        s.current = s.order()[index % len(s.order())]
+        s.building = True
+        return self.support_view(s)
+
+    @guarded
+    def on_select_slot(self, s: Session, evt: gr.SelectData) -> dict:
+        return self.select(s, int(evt.index or 0))
+
+    @guarded
+    def on_next(self, s: Session) -> dict:
+        return self.select(s, s.order().index(s.current) + 1)
+
+    @guarded
+    def on_prev(self, s: Session) -> dict:
+        return self.select(s, s.order().index(s.current) - 1)
+
+    @guarded
+    def on_upload_support(self, files: list[str] | None, s: Session) -> dict:
+        images = read_files(self.served, files, "support image")
+        order = s.order()
+        if not images:
+            raise inf.InputError("no file received")
+        if len(images) > len(order):
+            raise inf.InputError(f"{len(images)} images for {len(order)} support slots: raise N or k first")
+        start = order.index(s.current)
+        for i, q in enumerate(images):  # fill from the selected slot on
+            s.slots[order[(start + i) % len(order)]] = q.x
+        s.current = order[(start + len(images)) % len(order)]
+        s.building = False  # the slot pointer moved by itself: say "complete" once every slot is filled
+        s.forget_episode()
+        return {**self.support_view(s), **self.result_view(s, explicit=False)}
+
+    @guarded
+    def on_upload_queries(self, files: list[str] | None, s: Session) -> dict:
+        queries = read_files(self.served, files, "query image")
+        if not queries:
+            raise inf.InputError("no file received")
+        room = MAX_QUERIES - (1 if self.drawing else 0) - len(s.uploads)  # a drawn query may come too
+        if len(queries) > room:
+            raise inf.InputError(f"at most {MAX_QUERIES} queries at once"
+                                 + (" (the drawn one plus uploads)" if self.drawing else "")
+                                 + f"; room for {max(room, 0)} more: *Clear queries* first")
+        s.uploads += queries
+        s.truth = []
+        return self.result_view(s, explicit=True)
+
+    @guarded
+    def on_clear_queries(self, s: Session) -> dict:
+        s.drawn, s.uploads, s.truth, s.shown = None, [], [], 0
+        return {self.status: "Queries cleared.", **self.cleared_results()}
+
+    @guarded
+    def on_shape(self, n_way: float, k_shot: float, s: Session) -> dict:
+        n, k = int(n_way), int(k_shot)
+        if not (2 <= n <= MAX_WAY and 1 <= k <= MAX_SHOT):
+            raise inf.InputError(f"N must be 2..{MAX_WAY} and k 1..{MAX_SHOT}")
+        if (n, k) == (s.n_way, s.k_shot):  # e.g. the echo of a random episode setting the sliders
+            return {self.status: gr.skip()}  # nothing to update
+        s.n_way, s.k_shot = n, k
+        s.forget_episode()
+        s.names = default_names(s.names, n)
+        s.current = (min(s.current[0], n - 1), min(s.current[1], k - 1))
+        return {**self.support_view(s), **self.result_view(s, explicit=False)}
+
+    @guarded
+    def on_names(self, text: str, s: Session) -> dict:
+        names = parse_names(text, s.n_way)
+        if names == s.names[:s.n_way]:
+            return {self.status: gr.skip()}  # nothing to update
+        s.names = names + s.names[s.n_way:]  # a random episode's truth is kept by class index
+        return {**self.support_view(s), self.status: "Class names updated.", **self.result_view(s, False)}
+
+    @guarded
+    def on_compare(self, compare: bool, s: Session) -> dict:
+        s.compare = bool(compare)
+        return self.result_view(s, explicit=False)
+
+    @guarded
+    def on_show(self, index: int | None, s: Session) -> dict:
+        s.shown = int(index or 0)
+        return self.result_view(s, explicit=False)
+
+    @guarded
+    def on_scale(self, scale: float | None, s: Session) -> dict:
+        """The attention view's softmax scale: what the attention would be at another temperature."""
+        s.scale = None if scale is None else float(scale)
+        return self.result_view(s, explicit=False)
+
+    @guarded
+    def on_random(self, n_way: float, k_shot: float, s: Session, with_query: bool = True) -> dict:
+        if not self.examples:
+            raise inf.InputError("no example images for this model: upload a support set")
+        n, k = int(n_way), int(k_shot)
+        chars, support, queries = inf.random_episode(self.examples, n, k, 1 if with_query else 0, s.rng)
+        s.n_way, s.k_shot, s.current, s.shown, s.building = n, k, (0, 0), 0, False
+        s.names = DEFAULT_NAMES[:n]  # short names keep the captions readable; the status line names the source
+        s.chars = chars
+        s.slots = {(c, j): inf.preprocess(p) for c, paths in enumerate(support) for j, p in enumerate(paths)}
+        s.drawn = None
+        s.uploads = [Query(inf.preprocess(p), "random") for _, p in queries]
+        s.truth = [c for c, _ in queries]
+        view = {**self.support_view(s), self.n_way: n, self.k_shot: k}
+        if not queries:
+            return {**view, **self.cleared_results(),
+                    self.status: f"Copy one of these characters into the query pad. {fig.md(s.source())}."}
+        return {**view, **self.result_view(s, explicit=True)}
+
+    @guarded
+    def on_clear(self, s: Session) -> dict:
+        rng = s.rng
+        s.__dict__.update(Session().__dict__)
+        s.rng = rng
+        return {**self.support_view(s), **self.cleared_results(), self.n_way: s.n_way, self.k_shot: s.k_shot,
+                self.compare: False, self.scale: self.model_scale(), self.status: self.welcome(s)}
+
+    def model_scale(self) -> float:
+        return round(float(self.served.base.scale), 1)
+
+    def on_load(self, s: Session) -> dict:
+        if self.seed is not None:
+            s.rng = random.Random(self.seed)
+        if self.examples:
+            return self.on_random(5, 1, s, with_query=False)
+        return {**self.support_view(s), **self.cleared_results(), self.status: self.welcome(s)}
+
+    def api_classify(self, support: list[str] | None, labels: Any, queries: list[str] | None,
+                     fce: bool | None, state: ApiSession) -> dict:
+        """Classify query images against a labelled support set.
+
+        support: support images (files); labels: one class name per support image, in the same order (a list,
+        a JSON list or a comma-separated string); queries: one or more query images; fce: use the checkpoint
+        with Full Context Embeddings. Limits: at most 20 classes, 5 images per class, 32 queries, 32 MB per
+        file. Returns JSON: labels (the predicted class of each query), classes (in order of first
+        appearance in labels), probabilities [query][class], support_labels, attention [query][support
+        image] (rows sum to 1), similarity [query][support image] (cosine, before the softmax), model,
+        support_cached. Bad input raises an error whose message says what is wrong.
+        """
+        try:
+            return classify_files(self.served, support or [], labels, queries or [], bool(fce), state)
+        except inf.InputError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - clients get one line, the log gets the traceback
+            log.exception("/classify failed")
+            raise gr.Error(f"internal error ({type(e).__name__})", print_exception=False) from None
