@@ -139,6 +139,12 @@ class App:
         self.examples = inf.list_examples(examples) if self.drawing else {}
         self.seed = seed  # fixes every page's random episodes (tests, screenshots); None: each page its own
 
+    def build(self) -> gr.Blocks:
+        """The page for these handlers (page.build; scripts such as bench/app_latency.py call this)."""
+        from .page import build  # page.py imports this module
+
+        return build(self)
+
     # views ------------------------------------------------------------------------------------------
 
     def thumb(self, x: np.ndarray | None) -> np.ndarray:
