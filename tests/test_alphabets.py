@@ -276,6 +276,15 @@ def test_real_omniglot_drawers_and_alphabets(real_omniglot_root):
     assert all(data.background[s] for s in splits["trainval"].source.tolist())
     ep = next(within_alphabet_episodes(test, 20, 1, 1, 2, seed=0))
     assert ep.support.shape == (2, 20, 1, 28, 28)
+    # a vinyals checkpoint's test (its test split, Gurmukhi's 4 characters skipped) draws the same episodes as
+    # the docs' 12 alphabets cut from images_evaluation, so the CLI and docs/results/within_alphabet.md agree
+    vin = upright(omniglot_splits(data, "vinyals")["test"])
+    assert eligible_alphabets(vin, 20)[1] == {"Gurmukhi/rot000": 4}
+    twelve = upright(test, {n.split("/")[0] for n in vin.names} - {"Gurmukhi"})
+    for way in (20, 5):
+        a = next(within_alphabet_episodes(vin, way, 1, 1, 50, seed=0, batch=50))
+        b = next(within_alphabet_episodes(twelve, way, 1, 1, 50, seed=0, batch=50))
+        assert torch.equal(a.support, b.support) and torch.equal(a.query, b.query)
 
 
 def test_training_sampler_picks_the_plain_stream_unless_asked():
@@ -294,7 +303,8 @@ def test_training_sampler_picks_the_plain_stream_unless_asked():
     split = coded_split()  # upright: the codes in pixel (0, 0) can be read back
     unshuffled = AlphabetEpisodeSampler(split, 20, 1, 1, seed=0, within=1.0).sample(50).support_labels
     shuffled = AlphabetEpisodeSampler(split, 20, 1, 1, seed=0, within=1.0, shuffle_support=True).sample(50)
-    assert bool((unshuffled == torch.arange(20)).all()) and not bool((shuffled.support_labels == torch.arange(20)).all())
+    assert bool((unshuffled == torch.arange(20)).all())
+    assert not bool((shuffled.support_labels == torch.arange(20)).all())
     # the shuffle moves images and labels together: support image i still shows class label i's character
     s_char, _ = decode(shuffled.support)
     q_char, _ = decode(shuffled.query)

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                  args.seed, progress=False),
                              "standard": {k: standard[k] for k in ("20w1s", "5w1s")}})
     command = ("python train/table_within_alphabet.py --data-root " + args.data_root + f" --device {args.device}"
-               f" --episodes {args.episodes} --seed {args.seed}" + (" --skip-preprocess" if args.skip_preprocess else ""))
+               f" --episodes {args.episodes} --seed {args.seed}"
+               + (" --skip-preprocess" if args.skip_preprocess else ""))
     record = {"protocol": "within-alphabet (Lake et al. 2015)", "command": command, "hardware": hardware(dev),
               "torch": torch.__version__, "episodes": args.episodes, "seed": args.seed,
               "test_alphabets": {k: sorted({alphabet(n) for n in v.names}) for k, v in tests.items()},
@@ -188,7 +189,8 @@ def markdown(record: dict) -> str:
               f"{best['input']}); the humans' quoted 95.5 comes from other test episodes (Lake et al.'s 20 runs), "
               "so it is a reference point, not a comparison within the 95% intervals.",
               "",
-              f"- Command: `{record['command']}` ({record['hardware']}, shared with other jobs; torch {record['torch']}); raw record: "
+              f"- Command: `{record['command']}` ({record['hardware']}, shared with other jobs; "
+              f"torch {record['torch']}); raw record: "
               "`docs/results/within_alphabet.json`. One checkpoint: `python train/run.py eval --checkpoint "
               "assets/<name> --protocol within-alphabet`.",
               f"- Episodes: {ep} per column, seed {seed} (20-way) and {seed + 1000} (5-way), the same for every "
