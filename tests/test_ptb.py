@@ -211,6 +211,29 @@ def test_encoder_ignores_padding(kind):
             assert not torch.allclose(enc(other)[1], padded[1])
 
 
+@pytest.mark.parametrize("kind", ["bilstm", "bilstm-blank"])
+def test_bidirectional_encoder_equals_torchs_packed_bilstm(kind):
+    """The padded, reversed-in-place LSTMs compute what nn.LSTM(bidirectional) computes on packed sequences."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch.manual_seed(1)
+    enc = SentenceEncoder(30, kind, embed_dim=6, hidden=5, layers=2).eval()
+    ref = torch.nn.LSTM(6, 5, 2, batch_first=True, bidirectional=True)
+    for layer in range(2):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l{layer}").data.copy_(getattr(enc.forward_lstms[layer], f"{name}_l0"))
+            getattr(ref, f"{name}_l{layer}_reverse").data.copy_(getattr(enc.backward_lstms[layer], f"{name}_l0"))
+    tokens = torch.full((3, 8), PAD_ID)
+    for i, n in enumerate([8, 3, 5]):
+        tokens[i, :n] = torch.randint(2, 30, (n,))
+        tokens[i, n // 2] = BLANK_ID
+    lengths = (tokens != PAD_ID).sum(1)
+    with torch.no_grad():
+        out, (h, _) = ref(pack_padded_sequence(enc.embedding(tokens), lengths, batch_first=True, enforce_sorted=False))
+        out, _ = pad_packed_sequence(out, batch_first=True)
+        want = torch.cat([h[-2], h[-1]], -1) if kind == "bilstm" else out[torch.arange(3), lengths // 2]
+        torch.testing.assert_close(enc(tokens), want, rtol=1e-5, atol=1e-6)
+
+
 def test_sentence_matching_network_is_the_image_models_classifier():
     cfg = SentenceConfig(encoder="bilstm-blank", embed_dim=16, hidden=8, fce=True)
     model = cfg.model(40).eval()

@@ -9,18 +9,27 @@ variants here, from simplest up:
   bilstm-blank  a bidirectional LSTM read out at the (first) blank: the forward state there has read the left
                 context, the backward state the right context, so the vector describes the gap, not the sentence
 
-Input: token ids [B, T], padded with PAD_ID at the end. Padding never changes an embedding: the LSTMs run on
-packed sequences and the mean counts real tokens only.
+Input: token ids [B, T], padded with PAD_ID at the end. Padding never changes an embedding: a left-to-right
+LSTM reaches the padding only after the last real token, the right-to-left one reads each sentence reversed in
+place (its padding stays at the end), and the mean counts real tokens only. The LSTMs run on the padded batch,
+not on packed sequences: on a CPU, autograd through a packed LSTM allocates a zero tensor the size of the whole
+batch for every time step, which made the backward pass ten times the forward (about 3x slower training).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .vocab import BLANK_ID, PAD_ID
 
 KINDS = ("bow", "lstm", "bilstm", "bilstm-blank")
+
+
+def reverse_in_place(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] -> each row's first lengths[b] steps reversed, the padding after them left where it is."""
+    t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    index = torch.where(t < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - t, t)
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
 class SentenceEncoder(nn.Module):
@@ -32,30 +41,39 @@ class SentenceEncoder(nn.Module):
         self.kind = kind
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         self.drop = nn.Dropout(dropout)
+        self.lstm = None
         if kind == "bow":
-            self.lstm = None
             self.out_dim = embed_dim
-        else:
-            bidirectional = kind != "lstm"
-            self.lstm = nn.LSTM(embed_dim, hidden, layers, batch_first=True, bidirectional=bidirectional,
-                                dropout=dropout if layers > 1 else 0.0)
-            self.out_dim = hidden * (2 if bidirectional else 1)
+        elif kind == "lstm":
+            self.lstm = nn.LSTM(embed_dim, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+            self.out_dim = hidden
+        else:  # one left-to-right and one right-to-left LSTM per layer; a layer reads both of the one below
+            sizes = [embed_dim] + [2 * hidden] * (layers - 1)
+            self.forward_lstms = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
+            self.backward_lstms = nn.ModuleList(nn.LSTM(n, hidden, batch_first=True) for n in sizes)
+            self.out_dim = 2 * hidden
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, T] token ids -> [B, out_dim]."""
         mask = tokens != PAD_ID
-        lengths = mask.sum(1)
+        lengths = mask.sum(1).clamp(min=1)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
         x = self.drop(self.embedding(tokens))
         if self.kind == "bow":
-            return self.drop((x * mask.unsqueeze(-1)).sum(1) / lengths.clamp(min=1).unsqueeze(-1))
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h, _) = self.lstm(packed)
+            return self.drop((x * mask.unsqueeze(-1)).sum(1) / lengths.unsqueeze(-1))
         if self.kind == "lstm":
-            return self.drop(h[-1])  # the top layer's state after each sentence's last real token
-        if self.kind == "bilstm":
-            return self.drop(torch.cat([h[-2], h[-1]], dim=-1))  # top layer: forward last, backward first
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # [B, T, 2H]
+            out, _ = self.lstm(x)
+            return self.drop(out[rows, lengths - 1])  # the top layer's state after each sentence's last real token
+        for layer, (fwd, bwd) in enumerate(zip(self.forward_lstms, self.backward_lstms)):
+            if layer > 0:
+                x = self.drop(x)  # between layers, as nn.LSTM's dropout
+            ahead, _ = fwd(x)
+            back, _ = bwd(reverse_in_place(x, lengths))
+            back = reverse_in_place(back, lengths)  # back[b, t] has read tokens len-1 down to t
+            x = torch.cat([ahead, back], dim=-1)
+        if self.kind == "bilstm":  # top layer: forward after the last token, backward after the first
+            return self.drop(torch.cat([ahead[rows, lengths - 1], back[:, 0]], dim=-1))
         # The first blank of each sentence (episodes blank every occurrence of the label word; 95% of sentences
         # hold one); a sentence without a blank reads position 0.
         where = (tokens == BLANK_ID).float().argmax(1)
-        return self.drop(out[torch.arange(tokens.shape[0], device=tokens.device), where])
+        return self.drop(x[rows, where])
