@@ -11,7 +11,6 @@ Evaluation uses upright characters only, as Lake's test does.
 """
 from __future__ import annotations
 
-import math
 import re
 import zipfile
 from collections import Counter
@@ -19,12 +18,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .data.fewshot import FewShotSplit
 from .data.omniglot import Omniglot
-from .episodes import EpisodeIndices, Episodes, gather
-from .evaluate import Accuracy, Predictor, mean_ci95, model_predictor
+from .episodes import EpisodeIndices, Episodes, gather, shuffle_support
+from .evaluate import Accuracy, Predictor, accuracy
 
 # Lake et al.'s benchmark: 20-way 1-shot, one query per class (the query drawer's drawing of each character).
 LAKE_WAY = 20
@@ -114,28 +112,15 @@ def within_alphabet_episodes(split: FewShotSplit, way: int, shot: int, query: in
 
 
 
-@torch.no_grad()
 def evaluate_within_alphabet(predict: Predictor | torch.nn.Module, split: FewShotSplit, way: int = LAKE_WAY,
                              shot: int = 1, query: int = 1, episodes: int = 1000, seed: int = 0, batch: int = 50,
                              progress: bool = True) -> Accuracy:
     """Mean per-episode accuracy and its 95% interval over `episodes` within-alphabet episodes drawn with
-    `seed` (the same on any device). A module is evaluated in eval mode and its mode restored after."""
-    model = predict if isinstance(predict, torch.nn.Module) else None
-    was_training = model is not None and model.training
-    if model is not None:
-        model.eval()
-        predict = model_predictor(model)
-    try:
-        accs = []
-        batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
-        for ep in tqdm(batches, total=math.ceil(episodes / batch), desc=f"within-alphabet {way}w{shot}s",
-                       leave=False, disable=not progress):
-            accs.append((predict(ep).argmax(-1) == ep.query_labels).float().mean(1).cpu())
-    finally:
-        if model is not None:
-            model.train(was_training)
-    mean, ci = mean_ci95(torch.cat(accs))
-    return Accuracy(way, shot, query, episodes, seed, 100 * mean, 100 * ci)
+    `seed` (the same on any device), through matchnet.evaluate.accuracy (a module in eval mode, mode restored).
+    Pass upright(split) for characters as drawn."""
+    batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
+    return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress, desc="within-alphabet")
+
 
 class AlphabetEpisodeSampler:
     """Training episodes (EpisodeSampler's interface: .sample(E) -> Episodes, .generator for resume) of which a
@@ -187,15 +172,7 @@ class AlphabetEpisodeSampler:
     def sample(self, episodes: int = 1) -> Episodes:
         idx, _ = self.indices(episodes)
         ep = gather(self.split, idx, self.shot)
-        return _shuffled(ep, self.generator) if self.shuffle_support else ep
-
-
-def _shuffled(ep: Episodes, generator: torch.Generator) -> Episodes:
-    """Each support set (images and labels together) in its own random order: FCE reads S as a sequence."""
-    e, s = ep.support_labels.shape
-    order = torch.rand(e, s, generator=generator, device=generator.device).argsort(1).to(ep.support.device)
-    images = ep.support.gather(1, order.view(e, s, *([1] * (ep.support.dim() - 2))).expand_as(ep.support))
-    return replace(ep, support=images, support_labels=ep.support_labels.gather(1, order))
+        return shuffle_support(ep, self.generator) if self.shuffle_support else ep
 
 
 def training_sampler(split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0,

@@ -100,14 +100,3 @@ def evaluate_table(predict: Predictor | torch.nn.Module, split: FewShotSplit, ep
     """Every Table 1 column; each column gets its own seed offset so columns do not share episodes."""
     return [evaluate(predict, split, way, shot, query, episodes, seed + 1000 * i, batch, progress)
             for i, (way, shot) in enumerate(columns)]
-
-
-def evaluate_within_alphabet(predict: Predictor | torch.nn.Module, split: FewShotSplit, way: int = 20,
-                             shot: int = 1, query: int = 1, episodes: int = 1000, seed: int = 0, batch: int = 50,
-                             progress: bool = True) -> Accuracy:
-    """Lake et al.'s within-alphabet test: each episode's classes from one alphabet, support by one drawer,
-    queries by another (matchnet.alphabets). Pass alphabets.upright(split) for characters as drawn."""
-    from .alphabets import within_alphabet_episodes
-
-    batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
-    return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress, desc="within-alphabet")

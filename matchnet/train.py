@@ -17,6 +17,7 @@ from .data import load_splits
 from .data.fewshot import FewShotSplit
 from .engine import (FunctionTask, TrainingError, current_dist, fit, learning_rate, rank_seed, resolve_device,
                      run_validation, set_deterministic)
+from .alphabets import training_sampler
 from .episodes import EpisodeSampler
 from .evaluate import evaluate, model_predictor
 from .model import MatchingNetwork
@@ -47,6 +48,10 @@ class TrainConfig:
     query: int = 5
     meta_batch: int = 1  # episodes per optimizer step, over all processes (torchrun splits them)
     shuffle_support: bool = True  # S is a set (section 2): FCE's LSTM must not learn the class-by-class order
+    within_alphabet: float = 0.0  # fraction of training episodes whose classes come from one alphabet (Omniglot)
+    same_drawer: bool = True  # in those, each support/query slot drawn by one drawer for every class, as at test
+    augment: bool = False  # Koch et al.'s small affine distortions, on the device (matchnet.augment)
+    preprocess: str = "none"  # none | app: train on images put through the demo's preprocessing
     steps: int = 20000
     # optimizer
     lr: float = 1e-3
@@ -58,6 +63,7 @@ class TrainConfig:
     val_every: int = 1000
     val_episodes: int = 500
     val_query: int = 15
+    val_protocol: str = "standard"  # standard | within-alphabet (Lake et al.: one alphabet, two drawers)
     # runtime
     seed: int = 0
     deterministic: bool = False  # torch's deterministic algorithms: same losses run to run (slower on GPUs)
@@ -82,7 +88,8 @@ class TrainConfig:
     def check(self) -> None:
         """Checks that need no data (the rest: check_against_data, before step 1)."""
         choices = {"schedule": ("cosine", "step", "constant"), "device": ("auto", "cuda", "cpu"),
-                   "train_on": ("train", "trainval")}
+                   "train_on": ("train", "trainval"), "preprocess": ("none", "app"),
+                   "val_protocol": ("standard", "within-alphabet")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 extra = (" (training on the test classes would make every test number meaningless)"
@@ -97,6 +104,11 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive and weight_decay, warmup_steps not negative")
         check_pairs("val_tasks", self.val_tasks)
+        if not 0.0 <= self.within_alphabet <= 1.0:
+            raise ValueError(f"within_alphabet is a fraction of episodes, 0 to 1, got {self.within_alphabet}")
+        if (self.within_alphabet > 0 or self.val_protocol != "standard" or self.preprocess != "none") and \
+                self.dataset != "omniglot":
+            raise ValueError("within_alphabet, val_protocol and preprocess are for Omniglot (alphabets, drawings)")
 
     def check_against_data(self, splits: dict[str, FewShotSplit]) -> None:
         """Every episode the run will draw must exist: fail now, not at the first validation."""
@@ -108,7 +120,13 @@ class TrainConfig:
             raise ValueError(f"shot + query = {self.shot + self.query} exceeds the {train_split.per_class} "
                              "examples per class")
         for way, shot in self.val_tasks:
-            if way > val.num_classes:
+            if self.val_protocol == "within-alphabet":
+                from .alphabets import eligible_alphabets, upright
+
+                if not eligible_alphabets(upright(val), way)[0]:
+                    raise ValueError(f"val_tasks: no validation alphabet has {way} characters for {way}-way "
+                                     "within-alphabet episodes")
+            elif way > val.num_classes:
                 raise ValueError(f"val_tasks: {way}-way needs {way} classes; val has {val.num_classes}")
             if shot + self.val_query > val.per_class:
                 raise ValueError(f"val_tasks: {shot} shots + val_query {self.val_query} exceed the "
@@ -169,8 +187,10 @@ def build(cfg: TrainConfig, train_split: FewShotSplit, device: torch.device, ran
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=device.type == "cuda")
     # Only FCE reads the support set in order; for the others a shuffle would change nothing but the stream.
-    sampler = EpisodeSampler(train_split, cfg.way, cfg.shot, cfg.query, seed=rank_seed(cfg.seed, rank),
-                             shuffle_support=cfg.shuffle_support and cfg.fce)
+    # With within_alphabet = 0 and no augmentation this is the plain EpisodeSampler (the same stream as ever).
+    sampler = training_sampler(train_split, cfg.way, cfg.shot, cfg.query, seed=rank_seed(cfg.seed, rank),
+                               within_alphabet=cfg.within_alphabet, same_drawer=cfg.same_drawer,
+                               augment=cfg.augment, shuffle_support=cfg.shuffle_support and cfg.fce)
     return model, opt, sampler
 
 
@@ -180,8 +200,15 @@ def validate(model: MatchingNetwork, cfg: TrainConfig, val_split: FewShotSplit) 
     def scores(m: torch.nn.Module) -> dict[str, float]:
         out = {}
         for way, shot in cfg.val_tasks:
-            acc = evaluate(model_predictor(m, cfg.amp), val_split, way, shot, cfg.val_query, cfg.val_episodes,
-                           seed=12345, progress=False)
+            predict = model_predictor(m, cfg.amp)
+            if cfg.val_protocol == "within-alphabet":  # as Lake's test: one query per class
+                from .alphabets import evaluate_within_alphabet, upright
+
+                acc = evaluate_within_alphabet(predict, upright(val_split), way, shot, 1, cfg.val_episodes,
+                                               seed=12345, progress=False)
+            else:
+                acc = evaluate(predict, val_split, way, shot, cfg.val_query, cfg.val_episodes, seed=12345,
+                               progress=False)
             out[f"val_{way}w{shot}s"] = acc.mean
         return out
     return run_validation(model, scores)
@@ -226,6 +253,10 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
     set_deterministic(cfg.deterministic)
     if splits is None:
         splits = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download, **cfg.data_options)
+    if cfg.preprocess == "app":  # every image through the demo's drawing preprocessing (~100 s of CPU)
+        from .augment import with_app_preprocessing
+
+        splits = with_app_preprocessing(splits)
     cfg.check_against_data(splits)
     train_split = splits[cfg.train_on].to(device)
     val_split = splits["val"].to(device)

@@ -2,10 +2,12 @@
 """matchnet's command line: train, evaluate, and record results.
 
   python train/run.py train --config train/configs/omniglot_vinyals.toml [--device cuda] [--set key=value ...]
+  torchrun --nproc_per_node=N train/run.py train --config ...   (data-parallel over N GPUs or CPU processes)
   python train/run.py eval --checkpoint assets/omniglot-vinyals [--episodes 1000] [--write-docs]
   python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
   python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
   python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
+  python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]
 
 Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
 """

@@ -31,6 +31,10 @@ def load_splits(dataset: str, split: str, root: str, download: bool = False,
         for key, value in options.items():
             if not isinstance(value, OMNIGLOT_OPTIONS[key]) or isinstance(value, bool):
                 raise ValueError(f"data option {key} should be {OMNIGLOT_OPTIONS[key].__name__}, got {value!r}")
+        if split == "lake-alphabets":  # Lake's protocol with 5 background alphabets held out for validation
+            from ..alphabets import alphabet_splits
+
+            return alphabet_splits(load_omniglot(root, download=download, **options))
         return omniglot_splits(load_omniglot(root, download=download, **options), split)
     if dataset in ("miniimagenet", "folder"):
         from .images import LOADERS  # PIL decoding and multiprocessing: only imported when used
