@@ -28,6 +28,17 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_rows(store: Path, measured: list[dict], order: list[str]) -> list[dict]:
+    """A table's record (store: {"rows": [...]}) with the rows just measured replacing their earlier versions,
+    in the paper's `order`; written back, so a table can be rebuilt one row at a time."""
+    previous = {r["row"]: r for r in json.loads(store.read_text())["rows"]} if store.is_file() else {}
+    rows = {**previous, **{r["row"]: r for r in measured}}
+    rows = [rows[k] for k in order if k in rows]
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    return rows
+
+
 def write_results_md(root: Path) -> Path:
     """Collect assets/*/results.json and write docs/RESULTS.md (the narrative lives in docs/results_notes.md)."""
     results = [json.loads(p.read_text()) for p in sorted((root / "assets").glob("*/results.json"))]

@@ -39,6 +39,7 @@ from matchnet.config import parse_value
 from matchnet.data import load_splits
 from matchnet.engine import finished
 from matchnet.evaluate import TEST_QUERY
+from matchnet.results import merge_rows
 from matchnet.train import TrainConfig, resolve_device, train
 from table_omniglot import hardware
 
@@ -301,12 +302,8 @@ def main(args) -> None:
     table = Table(args)
     started = time.perf_counter()
     measured = table.measure()
-    table.out.mkdir(parents=True, exist_ok=True)
     store = table.out / "miniimagenet_table.json"
-    previous = {r["row"]: r for r in json.loads(store.read_text())["rows"]} if store.is_file() else {}
-    rows = {**previous, **{r["row"]: r for r in measured}}
-    rows = [rows[k] for k in PAPER if k in rows]
-    store.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    rows = merge_rows(store, measured, list(PAPER))
     md = write_markdown(rows, table.out / "miniimagenet_table.md")
     print(md.read_text())
     print(f"table miniimagenet: {time.perf_counter() - started:.0f} s; wrote {store} and {md}", flush=True)

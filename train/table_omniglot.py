@@ -36,6 +36,7 @@ from matchnet.baselines import (ClassifierConfig, FinetuneConfig, MANNConfig, Si
 from matchnet.baselines.features import column_seed
 from matchnet.baselines.finetune import head_lr, matching_net_match, nearest_neighbour_match
 from matchnet.engine import finished
+from matchnet.results import merge_rows
 from matchnet.baselines.report import write_figure, write_markdown
 from matchnet.baselines.siamese import load_siamese, verification_predictor
 from matchnet.baselines.store import folder_size
@@ -308,13 +309,8 @@ def main(args) -> None:
     table = Table(args)
     started = time.perf_counter()
     measured = table.measure()
-    table.out.mkdir(parents=True, exist_ok=True)
     store = table.out / "omniglot_table.json"
-    previous = {r["row"]: r for r in json.loads(store.read_text())["rows"]} if store.is_file() else {}
-    rows = {**previous, **{r["row"]: r for r in measured}}
-    order = list(PAPER) + list(PAPER_MNIST)
-    rows = [rows[k] for k in order if k in rows]
-    store.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    rows = merge_rows(store, measured, list(PAPER) + list(PAPER_MNIST))
     md = write_markdown(rows, table.out / "omniglot_table.md", PAPER, PAPER_MNIST, table.cfg["finetune"])
     write_figure(rows, table.out / "omniglot_table.html", PAPER, PAPER_MNIST)
     print(md.read_text())
