@@ -62,6 +62,21 @@ def parse_sets(pairs: list[str], cls: type | None = None) -> dict[str, Any]:
     return out
 
 
+def part_sets(text: str, parts: set[str], variable: str = "TABLE_SET") -> dict[str, dict[str, Any]]:
+    """"part.key=value ..." (a table's TABLE_SET) -> {"part": {"key": value}}; values are TOML."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in text.split():
+        key, _, value = item.partition("=")
+        part, _, option = key.partition(".")
+        if not option or not value:
+            raise ConfigError(f"{variable} wants part.key=value items, got {item!r}")
+        out.setdefault(part, {})[option] = parse_value(value)
+    unknown = sorted(set(out) - parts)
+    if unknown:
+        raise ConfigError(f"{variable} names unknown part(s) {unknown}; use {', '.join(sorted(parts))}")
+    return out
+
+
 def _check_type(source: str, key: str, value: Any, default: Any) -> Any:
     want = type(default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):

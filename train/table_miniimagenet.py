@@ -35,7 +35,7 @@ from matchnet.baselines import (ClassifierConfig, FinetuneConfig, class_features
 from matchnet.baselines.features import column_seed
 from matchnet.baselines.finetune import head_lr, matching_net_match, nearest_neighbour_match
 from matchnet.checkpoint import load_model
-from matchnet.config import parse_value
+from matchnet.config import part_sets
 from matchnet.data import load_splits
 from matchnet.engine import finished
 from matchnet.evaluate import TEST_QUERY
@@ -66,18 +66,8 @@ MATCHNET_CONFIGS = {(False, 1): "miniimagenet_1shot.toml", (False, 5): "miniimag
 
 
 def overrides() -> dict[str, dict[str, Any]]:
-    """TABLE_SET="model.key=value ..." -> {"model": {"key": value}}; values are TOML."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in os.environ.get("TABLE_SET", "").split():
-        key, _, value = item.partition("=")
-        model, _, option = key.partition(".")
-        if not option or not value:
-            raise ValueError(f"TABLE_SET wants model.key=value items, got {item!r}")
-        out.setdefault(model, {})[option] = parse_value(value)
-    unknown = set(out) - {"classifier", "finetune", "matchnet", "data"}
-    if unknown:
-        raise ValueError(f"TABLE_SET names unknown part(s) {sorted(unknown)}; use classifier, finetune, matchnet, data")
-    return out
+    """TABLE_SET="part.key=value ..." -> {"part": {"key": value}}; values are TOML."""
+    return part_sets(os.environ.get("TABLE_SET", ""), {"classifier", "finetune", "matchnet", "data"})
 
 
 class Normalize(nn.Module):

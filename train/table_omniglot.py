@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from matchnet.config import parse_value
+from matchnet.config import part_sets
 from matchnet.baselines import (ClassifierConfig, FinetuneConfig, MANNConfig, SiameseConfig, class_features,
                                 config_from_toml, evaluate_features, evaluate_features_table, finetune_predictor,
                                 load_encoder, load_mann, mann_predictor, nearest_neighbour, pixel_features,
@@ -85,19 +85,8 @@ MNIST_COLUMN = (10, 1)
 
 
 def env_overrides() -> dict[str, dict[str, Any]]:
-    """TABLE_SET="model.key=value ..." -> {"model": {"key": value}}; values are TOML."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in os.environ.get("TABLE_SET", "").split():
-        key, _, value = item.partition("=")
-        model, _, option = key.partition(".")
-        if not option or not value:
-            raise ValueError(f"TABLE_SET wants model.key=value items, got {item!r}")
-        parsed = parse_value(value)
-        out.setdefault(model, {})[option] = parsed
-    unknown = set(out) - {"classifier", "siamese", "mann", "finetune"}
-    if unknown:
-        raise ValueError(f"TABLE_SET names unknown model(s) {sorted(unknown)}")
-    return out
+    """TABLE_SET="part.key=value ..." -> {"part": {"key": value}}; values are TOML."""
+    return part_sets(os.environ.get("TABLE_SET", ""), {"classifier", "siamese", "mann", "finetune"})
 
 
 def hardware(device: torch.device) -> str:
