@@ -233,6 +233,13 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 
 def _atomic(path: Path, write) -> None:
+    """write(tmp) then rename over `path`, the data flushed to disk first: a crash or a power cut leaves the old
+    file or the new one, never a half one (a temp file left by a kill is removed on the next training start)."""
     tmp = path.with_name(path.name + ".tmp")
     write(str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
