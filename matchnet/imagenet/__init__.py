@@ -5,4 +5,5 @@ streamed image data, the backbones, and the two training stages as tasks of the 
   data.py       train/<wnid>/*.JPEG and val/ in its usual layouts, decoded in DataLoader workers
   backbones.py  Inception-v3 / ResNet-50 (torchvision architectures) or a tiny CNN for tests; local weights
   tasks.py      stage 1 (the classifier) and stage 2 (Matching Nets + FCE) as engine tasks
+  evaluate.py   the test: 5-way 1-shot on feature tables (pixels, classifier, Matching Nets, the Oracle)
 """
