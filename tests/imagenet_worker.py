@@ -27,3 +27,17 @@ def run(rank: int, world: int, port: int, root: str, out: str, classes: list[str
         train_classifier(classifier_config(), root, classes, out, resume=True, stop_after=stop_after)
     finally:
         close_distributed()
+
+
+def run_table(rank: int, world: int, port: int, env: dict, argv: list[str]) -> None:
+    """`train/run.py table imagenet ...` as one of `world` torchrun processes."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), **env)
+    import torch
+
+    torch.set_num_threads(1)
+    import matchnet.results
+    import run
+
+    matchnet.results.write_results_md = lambda root: None  # the test's outputs go to TABLE_OUT, never the docs
+    assert run.main(argv) == 0

@@ -216,6 +216,18 @@ def test_table_imagenet_runs_end_to_end_and_writes_its_section(imagenet, tmp_pat
     assert len(rows) == 8 and "not measured here *(" not in (tmp_path / "out" / "imagenet_table.md").read_text()
 
 
+def test_table_imagenet_on_two_gloo_processes(imagenet, tmp_path):
+    env = {"TABLE_SET": tiny_sets(), "TABLE_RUNS": str(tmp_path / "runs"), "TABLE_OUT": str(tmp_path / "out")}
+    argv = ["table", "imagenet", "--split", "dogs", "--data-root", str(imagenet), "--device", "cpu",
+            "--episodes", "40"]
+    mp.spawn(imagenet_worker.run_table, args=(2, free_port(), env, argv), nprocs=2, join=True)
+    rows = json.loads((tmp_path / "out" / "imagenet_table.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == [f"dogs:{k}" for k in ("pixels", "classifier", "matchnet-fce", "oracle")]
+    assert all(r["world_size"] == 2 and set(r["accuracy"]) == {"L", "notL"} for r in rows)
+    for name in ("imagenet-dogs-classifier", "imagenet-dogs-matchnet-fce", "imagenet-oracle"):
+        assert json.loads((tmp_path / "runs" / name / "run.json").read_text())["world_size"] == 2
+
+
 def test_a_bad_data_root_is_one_line(tmp_path, monkeypatch, capsys):
     assert run_table(tmp_path / "missing", tmp_path, "rand", monkeypatch) == 2
     err = capsys.readouterr().err.strip().splitlines()

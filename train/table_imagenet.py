@@ -178,13 +178,16 @@ class Table:
         for i, column in enumerate(COLUMNS):
             files, seed = tests[column], column_seed(self.args.seed, i)
             side = int(self.eval["pixels"])
-            table = ev.feature_table(lambda x: ev.pixels(x, side), files, cmeta["image_size"], workers, dev)
+            table = ev.feature_table(lambda x: ev.pixels(x, side), files, cmeta["image_size"], workers, dev,
+                                     desc=f"pixels, {column}")
             rows["pixels"][column] = ev.nearest_neighbour_accuracy(table, 5, 1, QUERY, n, seed)
-            table = ev.feature_table(classifier.backbone, files, cmeta["image_size"], workers, dev)
+            table = ev.feature_table(classifier.backbone, files, cmeta["image_size"], workers, dev,
+                                     desc=f"classifier, {column}")
             rows["classifier"][column] = ev.nearest_neighbour_accuracy(table, 5, 1, QUERY, n, seed)
-            table = ev.feature_table(matchnet.encoder, files, mmeta["image_size"], workers, dev)
+            table = ev.feature_table(matchnet.encoder, files, mmeta["image_size"], workers, dev,
+                                     desc=f"matching nets, {column}")
             rows["matchnet-fce"][column] = ev.matching_accuracy(matchnet, table, 5, 1, QUERY, n, seed)
-            table = ev.feature_table(oracle, files, ometa["image_size"], workers, dev)
+            table = ev.feature_table(oracle, files, ometa["image_size"], workers, dev, desc=f"oracle, {column}")
             ids = torch.tensor([index[c] for c in files])
             rows["oracle"][column] = ev.oracle_accuracy(table, ids, 5, 1, QUERY, n, seed)
             del table

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..baselines.features import FeatureEpisodes, evaluate_features, nearest_neighbour
 from ..episodes import draw_indices
@@ -19,7 +20,7 @@ from .data import LabelledFiles, Reported, collate_images, loader, note
 @torch.no_grad()
 def feature_table(encode: Callable[[torch.Tensor], torch.Tensor], files: dict[str, list[Path]], size: int,
                   workers: int, device: torch.device, per_class: int | None = None,
-                  batch: int = 256) -> torch.Tensor:
+                  batch: int = 256, desc: str = "") -> torch.Tensor:
     """encode() of every image, as [classes, per_class, ...]: per_class = the fewest readable images of any
     class (ILSVRC's val/ has 50 of each), or `per_class` if smaller. Unreadable files are named and skipped."""
     classes = list(files)
@@ -27,7 +28,8 @@ def feature_table(encode: Callable[[torch.Tensor], torch.Tensor], files: dict[st
     data = LabelledFiles(items, size, train=False)
     report = Reported()
     feats, labels = [], []
-    for images, y, skipped in loader(data, batch, None, workers, collate_images, device):
+    batches = loader(data, batch, None, workers, collate_images, device)
+    for images, y, skipped in tqdm(batches, desc=desc or "encoding", unit="batch", leave=False, disable=not desc):
         report(skipped)
         if len(y):
             feats.append(encode(images.to(device, non_blocking=True)).float().cpu())
