@@ -4,7 +4,6 @@ synthetic ILSVRC-2012 layout made in tmp_path."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 from pathlib import Path

@@ -21,7 +21,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from PIL import Image
@@ -397,14 +397,3 @@ class _Counter(Sampler[int]):
 def to_device(ep: Episodes, device: torch.device) -> Episodes:
     return Episodes(ep.support.to(device, non_blocking=True), ep.support_labels.to(device),
                     ep.query.to(device, non_blocking=True), ep.query_labels.to(device), ep.classes, ep.n_way)
-
-
-def table_files(files: dict[str, list[Path]], per_class: int | None = None) -> tuple[list[str], list[Path], int]:
-    """(classes, files class by class, per_class): the same number of images per class, for a feature table."""
-    least = min(len(fs) for fs in files.values())
-    per = least if per_class is None else min(per_class, least)
-    return list(files), [f for fs in files.values() for f in fs[:per]], per
-
-
-def describe(files: dict[str, list[Path]]) -> dict[str, Any]:
-    return {"classes": len(files), "images": sum(len(f) for f in files.values())}
