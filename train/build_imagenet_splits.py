@@ -128,7 +128,7 @@ def main() -> None:
     check = {
         "sources": {"synsets": "ILSVRC-2012's 1,000 classes (LOC_synset_mapping.txt; see the build script)",
                     "wordnet": "Princeton WordNet 3.0 data.noun (Debian wordnet-base 1:3.0-37)",
-                    "paper": "Appendix C of the paper, as extracted (../shared/paper/)"},
+                    "paper": "Appendix C of the paper, in the text extracted from its PDF"},
         "rand": {"appendix_entries": len(paper["rand"]), "paper_says": 118, "kept": len(rand),
                  "missing_from_118": 118 - len(rand), "not_kept_as_printed": rand_log},
         "dogs": {"appendix_entries": len(paper["dogs"]), "appendix_distinct": len(listed_dogs),
