@@ -8,6 +8,7 @@
   python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
   python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
   python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]
+  python train/run.py table imagenet --split rand|dogs --data-root ILSVRC2012 [--device cuda]  (torchrun too)
 
 Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
 """
@@ -235,7 +236,8 @@ def cmd_table(args) -> None:
     from matchnet.results import write_results_md
 
     importlib.import_module(f"table_{args.task}").main(args)
-    write_results_md(ROOT)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun (table imagenet) one process writes the docs
+        write_results_md(ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,13 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
-    p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet"],
-                   help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2")
+    p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet", "imagenet"],
+                   help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2; "
+                        "imagenet: Table 3")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
     p.set_defaults(func=cmd_table)
+    # table imagenet (Table 3): which held-out classes; train/table_imagenet.py has the rest
+    p.add_argument("--split", choices=["rand", "dogs"], default="rand",
+                   help="imagenet: hold out L_rand or L_dogs (Appendix C; matchnet/data/splits/imagenet/)")
 
     # `run.py --help` shows every command's options, not only the command names
     parser.epilog = "\n".join(f"{'-' * 100}\n{p.format_help()}" for p in sub.choices.values())
