@@ -75,11 +75,14 @@ def decode(source: ImageSource) -> Image.Image:
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{path.name}: no such file")
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
-        data, name = path.read_bytes(), path.name
+        if not path.is_file():  # a folder, a FIFO or a device is refused before it is opened (a FIFO would hang)
+            raise InputError(f"{path.name}: " + ("not a regular file" if path.exists() else "no such file"))
+        try:
+            if path.stat().st_size > MAX_BYTES:
+                raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
+            data, name = path.read_bytes(), path.name
+        except OSError as e:
+            raise InputError(f"{path.name}: cannot be read ({e.strerror or e})") from None
     elif isinstance(source, (bytes, bytearray)):
         data, name = bytes(source), "image"
     else:

@@ -411,7 +411,8 @@ def check_support_args(model: MatchingClassifier, images: object, labels: object
     return images, n
 
 
-def check_query_args(model: MatchingClassifier, support: object, images: object, features: object) -> torch.Tensor | None:
+def check_query_args(model: MatchingClassifier, support: object, images: object,
+                     features: object) -> torch.Tensor | None:
     """classify's arguments against the support set; images cast as the model takes them. One host sync."""
     if not isinstance(support, SupportSet):
         raise ValueError(f"support: expected the SupportSet that embed_support returns; got {type(support).__name__}")

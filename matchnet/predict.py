@@ -108,6 +108,9 @@ def _as_list(images: object) -> list:
         return list(query_files(images))
     if is_path(images) or isinstance(images, (Image.Image, np.ndarray, bytes, bytearray)):
         return [images]
+    if isinstance(images, torch.Tensor):  # a model input, not a picture: no guessing at its layout or scale
+        raise InputError(f"a torch tensor {list(images.shape)} is not an image: pass an array (x.numpy(), HxW or "
+                         "HxWx3), or call model.embed_support / classify with model inputs")
     if isinstance(images, Iterable):
         return list(images)
     return [images]  # read_all names it: "cannot read an image from ..."
@@ -118,11 +121,11 @@ class Predictor:
 
     model: a loaded MatchingNetwork, or a checkpoint folder, a shipped model's name ("omniglot-vinyals") or a
     Hub repo id (matchnet.load). support: a folder with one subfolder of images per class (the subfolder's
-    name is the class), or a mapping {class name: an image, images or a folder of images}; images are paths, PIL images or arrays
-    (HxW, HxWx3, HxWx4; uint8, or floats in [0, 1]). resize: how a photo model makes images square, "crop" or
-    "stretch"; default: what the checkpoint's run recorded (train_config.json), else "crop". Drawing models
-    (1x28x28) ignore it. device: where to run (default: the model's own, "cpu" for a named checkpoint). A
-    model passed in is put in eval mode (BatchNorm then uses its trained statistics).
+    name is the class), or a mapping {class name: an image, images or a folder of images}. Images are paths,
+    PIL images or arrays (HxW, HxWx3, HxWx4; uint8, or floats in [0, 1]). resize: how a photo model makes
+    images square, "crop" or "stretch"; default: what the checkpoint's run recorded (train_config.json), else
+    "crop"; drawing models (1x28x28) ignore it. device: where to run (default: the model's own, "cpu" for a
+    named checkpoint). A model passed in is put in eval mode (BatchNorm then uses its trained statistics).
     """
 
     def __init__(self, model: MatchingNetwork | str | os.PathLike, support: Support, *, resize: str | None = None,

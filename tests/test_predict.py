@@ -8,6 +8,7 @@ file, and the same answer as the demo's /classify (one implementation of the inp
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_app_rgb import rgb_run  # noqa: F401 (the fixture: an RGB checkpoint trained on synthetic images)
 
@@ -123,6 +125,16 @@ def test_images_in_memory(omniglot):
     assert in_memory.support[0] == f"{CHARS[0]}[0]" and in_memory.queries == [f"query[{i}]" for i in range(5)]
     one = matchnet.predict("omniglot-vinyals", files, queries[0])  # a name, and one query on its own
     assert one.labels == from_files.labels[:1]
+    with pytest.raises(inf.InputError, match=r"a torch tensor \[1, 28, 28\] is not an image: pass an array"):
+        matchnet.predict(omniglot, files, torch.zeros(1, 28, 28))
+
+
+def test_a_mapping_of_folders_is_the_folder_layout(omniglot, tmp_path):
+    support, queries, names = drawing_folders(tmp_path)
+    by_folder = matchnet.predict(omniglot, support, queries)
+    by_mapping = matchnet.predict(omniglot, {n: support / n for n in reversed(names)}, queries)
+    assert by_mapping.classes == names[::-1]  # a mapping keeps its own order
+    np.testing.assert_allclose(by_mapping.probabilities[:, ::-1], by_folder.probabilities, atol=1e-6)
 
 
 def bad_case(tmp_path: Path, case: str) -> tuple[Path, list[Path], str]:
@@ -138,6 +150,9 @@ def bad_case(tmp_path: Path, case: str) -> tuple[Path, list[Path], str]:
         return support, [query_list[0], bad], rf"query image 2 \({bad}\): blank image"
     if case == "missing query":
         return support, [tmp_path / "nope.png"], rf"query image 1 \({tmp_path / 'nope.png'}\): no such file"
+    if case == "a FIFO as a query":  # refused before it is opened: reading one would wait forever
+        os.mkfifo(tmp_path / "pipe.png")
+        return support, [tmp_path / "pipe.png"], rf"query image 1 \({tmp_path / 'pipe.png'}\): not a regular file"
     if case == "empty class folder":
         (support / "zzz").mkdir()
         return support, query_list, rf"{support / 'zzz'}: a class folder with no image files"
@@ -150,8 +165,8 @@ def bad_case(tmp_path: Path, case: str) -> tuple[Path, list[Path], str]:
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["text file as a png", "blank query", "missing query", "empty class folder",
-                                  "one class", "no class folders"])
+@pytest.mark.parametrize("case", ["text file as a png", "blank query", "missing query", "a FIFO as a query",
+                                  "empty class folder", "one class", "no class folders"])
 def test_a_bad_input_is_one_error_naming_the_file(omniglot, tmp_path, case):
     support, queries, message = bad_case(tmp_path, case)
     with pytest.raises(inf.InputError, match=message) as error:
