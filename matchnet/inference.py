@@ -3,7 +3,8 @@ classify queries against a support set that is embedded once.
 
 Two kinds of checkpoint: Omniglot-style (1x28x28: drawings, see below) and any other (photos: e.g. RGB
 3x84x84; centre-cropped and resized as the image datasets are, no stroke processing). `prepare` picks the
-right one for a model; `input_shape` says what a model takes.
+right one for a model; `input_shape` says what a model takes. The rules for what a user hands in (class
+names, all-or-none reading of files) are matchnet.inputs, shared with the predict API (matchnet.predict).
 
 Preprocessing rebuilds what a drawing would look like as an Omniglot page (105x105, the character at
 Omniglot's median size and position, strokes at Omniglot's median width) and then shrinks it exactly as
@@ -355,11 +356,10 @@ def training_resize(folder: str | os.PathLike) -> str | None:
     for config in (folder / "train_config.json", folder.parent / "train_config.json", folder / "training.json"):
         try:
             saved = json.loads(config.read_text())
-            saved = saved.get("train_config", saved) if config.name == "training.json" else saved
+            if config.name == "training.json":
+                saved = saved["train_config"]
             options = saved.get("data_options") or {}
-            if config.name == "training.json" and not saved.get("data_options"):
-                continue  # an Omniglot model's record: it says nothing about photos
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             continue
         return "crop" if options.get("resize") == "crop" else "stretch"
     return None
