@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from .checkpoint import load_model
 from .hub import resolve
 from .inference import EmbeddedSupport, ImageSource, prepare, training_resize
-from .inputs import InputError, check_queries, check_request, is_path, query_files, read_all, support_folder
+from .inputs import (InputError, check_queries, check_request, check_support, is_path, query_files, read_all,
+                     support_folder)
 from .model import MatchingNetwork
 
 Support = Union[str, os.PathLike, Mapping[str, Union[ImageSource, Sequence[ImageSource]]]]
@@ -149,6 +150,7 @@ class Predictor:
             names += [_name(x, f"{str(cls).strip()}[{j}]") for j, x in enumerate(items)]
             if not items:
                 raise InputError(f"class '{cls}' has no example: give at least one image")
+        check_support(labels, [str(c).strip() for c in groups])  # names that only stripping tells apart
         classes = check_request(len(sources), labels)
         names = _unique(names)
         images = np.stack(read_all(sources, self.prepare, "support image", names))

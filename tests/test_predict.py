@@ -174,6 +174,21 @@ def test_a_bad_input_is_one_error_naming_the_file(omniglot, tmp_path, case):
     assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("support, message", [
+    ({"a": 0, "a ": 1}, "class names must be distinct: 'a' appears twice"),
+    ({"a": 0, " ": 1}, "every class needs a name"),
+    ({"a": [], "b": 1}, "class 'a' has no example"),
+    ({"a": 0}, "at least 2 classes are needed, got 1"),
+    ([0, 1], r"support: expected a folder \(one subfolder per class\) or a mapping"),
+])
+def test_a_bad_mapping_is_one_error(omniglot, support, message):
+    drawings = [EXAMPLES[CHARS[0]][0], EXAMPLES[CHARS[1]][0]]
+    if isinstance(support, dict):
+        support = {k: [drawings[i] for i in v] if isinstance(v, list) else drawings[v] for k, v in support.items()}
+    with pytest.raises(inf.InputError, match=message):
+        matchnet.Predictor(omniglot, support)
+
+
 def rgb_support(rgb_run: Path, tmp_path: Path, classes: list[str], kinds: list[str]) -> Path:  # noqa: F811
     """support/<class>/ with the class's first image in the given file types (jpg, bmp, RGBA png, grey png)."""
     for c in classes:
