@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from matchnet import inference as inf
+from matchnet import inputs
 
 from . import figures as fig
 from .models import ROOT, Served, load
-from .state import (DEFAULT_NAMES, MAX_QUERIES, MAX_SHOT, MAX_SUPPORT, MAX_WAY, ApiSession, Query, Session,
+from .state import (DEFAULT_NAMES, MAX_QUERIES, MAX_SHOT, MAX_WAY, PAGE_LIMITS, ApiSession, Query, Session,
                     default_names, parse_names)
 
 EXAMPLES = ROOT / "assets" / "examples" / "omniglot"
@@ -57,15 +58,11 @@ def read_pad(value: dict | np.ndarray | None) -> np.ndarray | None:
 
 
 def read_files(served: Served, files: list[str] | None, what: str) -> list[Query]:
-    """All uploaded files or none: one bad file rejects the upload, naming the file."""
-    out = []
-    for i, path in enumerate(files or []):
-        name = Path(path).name
-        try:
-            out.append(Query(served.prepare(path), name))
-        except inf.InputError as e:
-            raise inf.InputError(f"{what} {i + 1} ({name}): {str(e).removeprefix(f'{name}: ')}") from None
-    return out
+    """All uploaded files or none: one bad file rejects the upload, naming the file (matchnet.inputs.read_all,
+    the rule the predict API follows too)."""
+    files = list(files or [])
+    names = [Path(path).name for path in files]
+    return [Query(x, name) for x, name in zip(inputs.read_all(files, served.prepare, what, names), names)]
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -87,22 +84,8 @@ def classify_files(served: Served | dict, support: list[str], labels: Any, queri
                    state: ApiSession) -> dict:
     """The work of /classify; an InputError says what is wrong with the request."""
     served = served if isinstance(served, Served) else Served(served)
-    if not support:
-        raise inf.InputError("no support set: send support images and one label per image")
-    if not queries:
-        raise inf.InputError("no query image: send one or more query images")
-    if len(support) > MAX_SUPPORT or len(queries) > MAX_QUERIES:
-        raise inf.InputError(f"at most {MAX_SUPPORT} support and {MAX_QUERIES} query images per call; got "
-                             f"{len(support)} and {len(queries)}")
-    labels = api_labels(labels)
-    if len(labels) != len(support):
-        raise inf.InputError(f"{len(support)} support images but {len(labels)} labels: give one label per image")
-    classes = inf.check_support(labels)
-    if len(classes) > MAX_WAY:
-        raise inf.InputError(f"at most {MAX_WAY} classes, got {len(classes)}")
-    crowded = next((c for c in classes if labels.count(c) > MAX_SHOT), None)
-    if crowded is not None:
-        raise inf.InputError(f"at most {MAX_SHOT} examples per class; class '{crowded}' has {labels.count(crowded)}")
+    labels = api_labels(labels) if support else []
+    classes = inputs.check_request(len(support), labels, len(queries), PAGE_LIMITS)  # the rules predict follows
     key = "fce" if fce else "base"
     if key not in served.models:
         raise inf.InputError("this server has no FCE model (it serves one checkpoint): send fce=False")

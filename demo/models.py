@@ -6,7 +6,6 @@ stroke preprocessing); any other (RGB 3x84x84, ...) gets upload slots and photo 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,18 +61,4 @@ def load(checkpoint: str | os.PathLike | None = None, resize: str | None = None)
     model = inf.load_checkpoint(checkpoint)
     folder = Path(checkpoint)
     name = folder.name if folder.is_dir() else str(checkpoint)  # a folder, or a Hub id
-    return Served({"base": model}, ids={"base": name}, resize=resize or training_resize(folder) or "crop")
-
-
-def training_resize(folder: Path) -> str | None:
-    """The data option `resize` of the run that wrote this checkpoint: train_config.json sits in the run
-    folder, the parent of best/ and final/. None when there is none (a Hub download, a copied folder)."""
-    if not folder.is_dir():
-        return None
-    for config in (folder / "train_config.json", folder.parent / "train_config.json"):
-        try:
-            options = json.loads(config.read_text()).get("data_options") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        return "crop" if options.get("resize") == "crop" else "stretch"  # the image loaders' default: stretch
-    return None
+    return Served({"base": model}, ids={"base": name}, resize=resize or inf.training_resize(folder) or "crop")

@@ -10,12 +10,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from matchnet import inference as inf
+from matchnet import inputs
 
-# One set of limits for the page and the API (docs/APP.md, "Limits").
-MAX_WAY = 20  # classes
-MAX_SHOT = 5  # examples per class
-MAX_SUPPORT = MAX_WAY * MAX_SHOT  # support images per call
-MAX_QUERIES = 32  # queries per call (the page: the drawn one plus uploads)
+# One set of limits for the page and the API (docs/APP.md, "Limits"), defined beside the input rules that the
+# demo shares with the library (matchnet.inputs); the library's predict API has none of these caps.
+PAGE_LIMITS = inputs.PAGE_LIMITS
+MAX_WAY = PAGE_LIMITS.way  # classes
+MAX_SHOT = PAGE_LIMITS.shot  # examples per class
+MAX_SUPPORT = PAGE_LIMITS.support  # support images per call
+MAX_QUERIES = PAGE_LIMITS.queries  # queries per call (the page: the drawn one plus uploads)
 MAX_FILE_MB = inf.MAX_BYTES // 2**20  # per file; gradio refuses bigger uploads before the app sees them
 DEFAULT_NAMES = list(string.ascii_uppercase[:MAX_WAY])
 

@@ -4,9 +4,11 @@ from .episodes import EpisodeSampler, Episodes, evaluation_episodes
 from .evaluate import Accuracy, evaluate, evaluate_table
 from .hub import load
 from .model import MatchingNetwork, SupportSet
+from .predict import Predictions, Predictor, predict
 
 __all__ = [
     "Accuracy", "CheckpointError", "EpisodeSampler", "Episodes", "MatchingNetwork", "SupportSet",
     "evaluate", "evaluate_table", "evaluation_episodes", "load", "load_model", "save_model",
+    "Predictions", "Predictor", "predict",
 ]
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@ classify queries against a support set that is embedded once.
 
 Two kinds of checkpoint: Omniglot-style (1x28x28: drawings, see below) and any other (photos: e.g. RGB
 3x84x84; centre-cropped and resized as the image datasets are, no stroke processing). `prepare` picks the
-right one for a model; `input_shape` says what a model takes.
+right one for a model; `input_shape` says what a model takes. The rules for what a user hands in (class
+names, all-or-none reading of files) are matchnet.inputs, shared with the predict API (matchnet.predict).
 
 Preprocessing rebuilds what a drawing would look like as an Omniglot page (105x105, the character at
 Omniglot's median size and position, strokes at Omniglot's median width) and then shrinks it exactly as
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import random
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .data.fewshot import FewShotSplit
+from .inputs import InputError, check_support, class_order  # noqa: F401 (the demo's names for the shared rules)
 from .model import MatchingNetwork, SupportSet
 
 IMAGE_SIZE = 28
@@ -45,10 +48,6 @@ INK_LEVEL = 0.5  # fraction of the strongest ink that counts as ink (chosen on d
 PHOTO_RESAMPLE = Image.LANCZOS
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
-
-
-class InputError(ValueError):
-    """Bad user input; the message is meant to be shown to the user as is."""
 
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "omniglot-vinyals"
@@ -77,11 +76,14 @@ def decode(source: ImageSource) -> Image.Image:
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{path.name}: no such file")
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
-        data, name = path.read_bytes(), path.name
+        if not path.is_file():  # a folder, a FIFO or a device is refused before it is opened (a FIFO would hang)
+            raise InputError(f"{path.name}: " + ("not a regular file" if path.exists() else "no such file"))
+        try:
+            if path.stat().st_size > MAX_BYTES:
+                raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
+            data, name = path.read_bytes(), path.name
+        except OSError as e:
+            raise InputError(f"{path.name}: cannot be read ({e.strerror or e})") from None
     elif isinstance(source, (bytes, bytearray)):
         data, name = bytes(source), "image"
     else:
@@ -344,6 +346,25 @@ def prepare(source: ImageSource, model: MatchingNetwork, resize: str = "crop") -
     return preprocess_photo(source, size, channels, resize)
 
 
+def training_resize(folder: str | os.PathLike) -> str | None:
+    """How the run that wrote this checkpoint made its photos square (data option `resize`): "crop" or
+    "stretch" (the image loaders' default). train_config.json sits in the run folder, the parent of best/ and
+    final/; a rebuilt model's training.json holds it too. None when neither says (a Hub download, a copy)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for config in (folder / "train_config.json", folder.parent / "train_config.json", folder / "training.json"):
+        try:
+            saved = json.loads(config.read_text())
+            if config.name == "training.json":
+                saved = saved["train_config"]
+            options = saved.get("data_options") or {}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
+        return "crop" if options.get("resize") == "crop" else "stretch"
+    return None
+
+
 def as_model_input(images: np.ndarray, model: MatchingNetwork) -> torch.Tensor:
     """[M, H, W] or [M, C, H, W] -> a tensor [1, M, C, H, W], or an InputError saying what the model expects
     (instead of a convolution's shape traceback several layers down)."""
@@ -356,7 +377,7 @@ def as_model_input(images: np.ndarray, model: MatchingNetwork) -> torch.Tensor:
         kind = "RGB " if shape[0] == 3 else ""
         raise InputError(f"this model expects {describe_shape(shape)} images ({kind}{shape[1]} px square); "
                          f"got {got}")
-    return torch.from_numpy(a).unsqueeze(0)
+    return torch.from_numpy(a).unsqueeze(0).to(next(model.parameters()).device)
 
 
 # ----------------------------------------------------------------------------------------- classifying
@@ -390,29 +411,6 @@ class Result:
         }
 
 
-def class_order(labels: Sequence[str]) -> list[str]:
-    """Distinct labels in order of first appearance."""
-    return list(dict.fromkeys(labels))
-
-
-def check_support(labels: Sequence[str], classes: Sequence[str] | None = None) -> list[str]:
-    """The class list for these support labels, or an InputError saying what is wrong."""
-    classes = class_order(labels) if classes is None else list(classes)
-    if any(not str(c).strip() for c in classes):
-        raise InputError("every class needs a name")
-    seen: set[str] = set()
-    for c in classes:
-        if c in seen:
-            raise InputError(f"class names must be distinct: '{c}' appears twice")
-        seen.add(c)
-    if len(classes) < 2:
-        raise InputError(f"at least 2 classes are needed, got {len(classes)}")
-    missing = [c for c in classes if c not in set(labels)]
-    if missing:
-        raise InputError(f"class '{missing[0]}' has no example: draw or upload at least one")
-    return classes
-
-
 def fingerprint(images: np.ndarray, labels: Sequence[str], model_key: str) -> str:
     h = hashlib.sha1(model_key.encode())
     h.update(np.ascontiguousarray(images, np.float32).tobytes())
@@ -430,7 +428,7 @@ class EmbeddedSupport:
         self.key = fingerprint(images, self.labels, model_key)
         index = {c: i for i, c in enumerate(self.classes)}
         x = as_model_input(images, model)
-        y = torch.tensor([[index[c] for c in self.labels]])
+        y = torch.tensor([[index[c] for c in self.labels]], device=x.device)
         self.model = model
         with torch.inference_mode():
             self.support: SupportSet = model.embed_support(x, y, len(self.classes))
@@ -446,8 +444,9 @@ class EmbeddedSupport:
             f = model.query_lstm(features, self.support.embeddings) if model.fce else features
             points = F.normalize(f, dim=-1)
             cosine = points @ self.support.normalized.transpose(1, 2)
-        return Result(self.classes, self.labels, log_probs[0].exp().numpy(), attention[0].numpy(),
-                      cosine[0].numpy(), float(model.scale), points[0].numpy(), self.support.normalized[0].numpy())
+        return Result(self.classes, self.labels, log_probs[0].exp().cpu().numpy(), attention[0].cpu().numpy(),
+                      cosine[0].cpu().numpy(), float(model.scale), points[0].cpu().numpy(),
+                      self.support.normalized[0].cpu().numpy())
 
 
 class SupportCache:

@@ -140,9 +140,19 @@ class MatchingClassifier(nn.Module):
         e, m = inputs.shape[:2]
         return self.encoder(inputs.flatten(0, 1)).view(e, m, -1).float()
 
-    def embed_support(self, images: torch.Tensor, labels: torch.Tensor, n_way: int | None = None,
-                      features: torch.Tensor | None = None) -> SupportSet:
-        """Embed a support set once. images [E, S, C, H, W] (or precomputed g' `features` [E, S, d])."""
+    def embed_support(self, images: torch.Tensor | None, labels: torch.Tensor, n_way: int | None = None,
+                      features: torch.Tensor | None = None, *, check: bool = True) -> SupportSet:
+        """Embed a support set once. images [E, S, C, H, W] (or precomputed g' `features` [E, S, d]), labels
+        [E, S] integers in 0..n_way-1 with every class in every episode (n_way default: labels.max() + 1).
+
+        Images are float tensors in [0, 1] (any float dtype, cast to the model's); NumPy arrays and integer
+        images (uint8) are refused, not guessed at: torch.from_numpy(x).float() / 255, or matchnet.predict for
+        image files and arrays. Bad arguments raise one ValueError naming the argument and the expected shape,
+        including non-finite values and labels that leave a class without an example (check_support_args;
+        one host sync). check=False skips the checks (forward does its own shape checks).
+        """
+        if check:
+            images, n_way = check_support_args(self, images, labels, n_way, features)
         g = self.encode(images) if features is None else features
         if self.fce:
             g = self.support_lstm(g)
@@ -150,11 +160,14 @@ class MatchingClassifier(nn.Module):
         return SupportSet(g, F.normalize(g, dim=-1), labels, n_way)
 
     def classify(self, support: SupportSet, images: torch.Tensor | None = None,
-                 features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Classify queries [E, Q, C, H, W] against an embedded support set.
+                 features: torch.Tensor | None = None, *, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classify queries [E, Q, C, H, W] (or g' `features` [E, Q, d]) against an embedded support set.
 
-        Returns (log-probabilities [E, Q, N], attention a(x̂, x_i) [E, Q, S]; rows sum to 1).
+        Returns (log-probabilities [E, Q, N], attention a(x̂, x_i) [E, Q, S]; rows sum to 1). The queries are
+        checked as embed_support checks its images (check_query_args), against the support's E episodes.
         """
+        if check:
+            images = check_query_args(self, support, images, features)
         f = self.encode(images) if features is None else features
         if self.fce:
             f = self.query_lstm(f, support.embeddings)
@@ -165,12 +178,19 @@ class MatchingClassifier(nn.Module):
 
     def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor, query_images: torch.Tensor,
                 n_way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both steps at once for training: (log-probabilities [E, Q, N], attention [E, Q, S])."""
+        """Both steps at once for training: (log-probabilities [E, Q, N], attention [E, Q, S]).
+
+        Shapes, dtypes and devices are checked (free: no host sync); label values and finiteness are not, as
+        they would cost a sync per training step: embed_support and classify check those.
+        """
+        support_images = check_tensor(self, "support_images", support_images, "S")
+        query_images = check_tensor(self, "query_images", query_images, "Q", episodes=support_images.shape[0])
+        check_label_shape(support_labels, support_images, "support_labels")
         e, s = support_images.shape[:2]
         # One encoder pass over support and queries together: BatchNorm sees the whole episode batch.
         features = self.encode(torch.cat([support_images, query_images], dim=1))
-        support = self.embed_support(None, support_labels, n_way, features=features[:, :s])
-        return self.classify(support, features=features[:, s:])
+        support = self.embed_support(None, support_labels, n_way, features=features[:, :s], check=False)
+        return self.classify(support, features=features[:, s:], check=False)
 
 
 class MatchingNetwork(
@@ -277,3 +297,127 @@ def class_log_probs(log_attention: torch.Tensor, labels: torch.Tensor, n_way: in
     one_hot = labels.unsqueeze(1) == torch.arange(n_way, device=labels.device).view(1, n_way, 1)
     masked = log_attention.unsqueeze(2).masked_fill(~one_hot.unsqueeze(1), float("-inf"))  # [E, Q, N, S]
     return torch.logsumexp(masked, dim=-1)
+
+
+# -- argument checks (embed_support, classify, forward): one ValueError naming the argument and the expected
+# shape, instead of a torch error several layers down or, for out-of-range labels and NaN images, a silently
+# wrong answer.
+
+def _shape(x: torch.Tensor) -> str:
+    return "[" + ", ".join(str(n) for n in x.shape) + "]"
+
+
+def _image_shape(model: MatchingClassifier) -> tuple[int, int, int] | None:
+    """(C, H, W) a Conv-4 model takes; None for other encoders (sentences: token ids of any length)."""
+    encoder = model.encoder
+    if not isinstance(encoder, Conv4):
+        return None
+    return encoder.net[0][0].in_channels, encoder.image_size, encoder.image_size
+
+
+def check_tensor(model: MatchingClassifier, arg: str, x: object, count: str, episodes: int | None = None,
+                 features: bool = False) -> torch.Tensor:
+    """x as the model's encoder takes it, [E, count, C, H, W] (features: [E, count, d]); float images are cast
+    to the model's dtype. No host sync: shapes, dtypes and devices only."""
+    image = None if features else _image_shape(model)
+    want = (f"[E, {count}, {model.encoder.out_dim}]" if features else
+            f"[E, {count}, {', '.join(map(str, image))}]" if image else f"[E, {count}, ...]")
+    floats = features or image is not None
+    if not isinstance(x, torch.Tensor):
+        kind = f"{type(x).__module__}.{type(x).__name__}".removeprefix("builtins.")
+        hint = (" (torch.from_numpy(x).float(); matchnet.predict takes image files and arrays)"
+                if kind.startswith("numpy") else "")
+        raise ValueError(f"{arg}: expected a torch.Tensor {want}{' of floats' if floats else ''}; got {kind}{hint}")
+    if floats and not x.is_floating_point():
+        hint = f" ({arg}.float() / 255 for 8-bit images)" if x.dtype == torch.uint8 else f" ({arg}.float())"
+        raise ValueError(f"{arg}: expected a float tensor {want}{' in [0, 1]' if image else ''}; got {x.dtype}{hint}")
+    dims = 3 if features else 5 if image else None
+    if (dims is not None and x.dim() != dims) or x.dim() < 2:
+        inner = (model.encoder.out_dim,) if features else image
+        missing = inner is not None and x.dim() == len(inner) + 1 and tuple(x.shape[1:]) == tuple(inner)
+        note = f": the episode dimension is missing ({arg}.unsqueeze(0) for one episode)" if missing else ""
+        raise ValueError(f"{arg}: expected {want}; got {_shape(x)}{note}")
+    if image is not None and tuple(x.shape[2:]) != image:
+        raise ValueError(f"{arg}: expected {want}; got {_shape(x)}: this model takes {'x'.join(map(str, image))} "
+                         "images (resize them first; matchnet.predict does it as the model was trained)")
+    if features and x.shape[2] != model.encoder.out_dim:
+        raise ValueError(f"{arg}: expected {want}; got {_shape(x)}: this model's embeddings are "
+                         f"{model.encoder.out_dim}-d")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{arg}: expected {want}; got {_shape(x)}, an empty tensor")
+    if episodes is not None and x.shape[0] != episodes:
+        raise ValueError(f"{arg}: expected {want} with E = {episodes}, the support set's episodes; got {_shape(x)}")
+    param = next(model.parameters())
+    if x.device != param.device:
+        raise ValueError(f"{arg}: on {x.device} but the model is on {param.device} ({arg}.to('{param.device}'))")
+    if image is not None and x.dtype != param.dtype:
+        x = x.to(param.dtype)
+    return x
+
+
+def check_label_shape(labels: object, x: torch.Tensor, arg: str = "labels") -> None:
+    e, s = x.shape[:2]
+    want = f"an integer tensor [E, S] = [{e}, {s}], one label per support example"
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{arg}: expected {want}; got {type(labels).__module__}.{type(labels).__name__}"
+                         .replace("builtins.", ""))
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{arg}: expected {want}; got {labels.dtype} ({arg}.long())")
+    if tuple(labels.shape) != (e, s):
+        missing = labels.dim() == 1 and labels.shape[0] == s
+        note = f": the episode dimension is missing ({arg}.unsqueeze(0) for one episode)" if missing else ""
+        raise ValueError(f"{arg}: expected {want}; got {_shape(labels)}{note}")
+    if labels.device != x.device:
+        raise ValueError(f"{arg}: on {labels.device} but the support examples are on {x.device}")
+
+
+def _check_finite(arg: str, x: torch.Tensor, finite: bool | None = None) -> None:
+    if not x.is_floating_point():
+        return
+    if finite is None:
+        finite = bool(torch.isfinite(x).all())
+    if not finite:  # the error path alone pays for finding which example it is
+        e, i = (~torch.isfinite(x).flatten(2).all(2)).nonzero()[0].tolist()
+        raise ValueError(f"{arg}[{e}, {i}] holds NaN or infinite values: one such example makes every output NaN")
+
+
+def check_support_args(model: MatchingClassifier, images: object, labels: object, n_way: object,
+                       features: object) -> tuple[torch.Tensor | None, int]:
+    """embed_support's arguments: (images, cast as the model takes them, and n_way). One host sync."""
+    arg = "images" if features is None else "features"
+    x = check_tensor(model, arg, images if features is None else features, "S", features=features is not None)
+    if features is None:
+        images = x
+    check_label_shape(labels, x)
+    if n_way is not None:
+        if isinstance(n_way, bool) or not hasattr(n_way, "__index__") or int(n_way) < 1:
+            raise ValueError(f"n_way: expected a positive int (the number of classes); got {n_way!r}")
+        n_way = int(n_way)
+    # Every class needs an example somewhere: a class with none is a phantom (eq. 1 gives it probability 0 in
+    # every episode). A class missing from one episode of several is allowed: eq. 1 is still exact there.
+    ordered = labels.flatten().sort().values
+    distinct = (ordered[1:] != ordered[:-1]).sum() + 1
+    finite = torch.isfinite(x).all() if x.is_floating_point() else torch.ones((), dtype=torch.bool, device=x.device)
+    lo, hi, count, ok = torch.stack([labels.min().long(), labels.max().long(), distinct.long(),
+                                     finite.long()]).tolist()
+    n = hi + 1 if n_way is None else n_way
+    if lo < 0 or hi >= n:
+        raise ValueError(f"labels: expected class indices 0..{n - 1} (n_way = {n}); got values from {lo} to {hi}")
+    if count < n:
+        raise ValueError(f"labels: every class 0..{n - 1} needs a support example (n_way = {n}); the labels hold "
+                         f"only {count} distinct values"
+                         + (": a larger n_way than the labels gives classes that cannot be predicted" if n_way else ""))
+    _check_finite(arg, x, bool(ok))
+    return images, n
+
+
+def check_query_args(model: MatchingClassifier, support: object, images: object,
+                     features: object) -> torch.Tensor | None:
+    """classify's arguments against the support set; images cast as the model takes them. One host sync."""
+    if not isinstance(support, SupportSet):
+        raise ValueError(f"support: expected the SupportSet that embed_support returns; got {type(support).__name__}")
+    arg = "images" if features is None else "features"
+    x = check_tensor(model, arg, images if features is None else features, "Q", episodes=support.embeddings.shape[0],
+                     features=features is not None)
+    _check_finite(arg, x)
+    return x if features is None else images

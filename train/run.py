@@ -240,6 +240,34 @@ def cmd_table(args) -> None:
         write_results_md(ROOT)
 
 
+PREDICT_PROGRESS_FROM = 32  # queries: from this many on, a progress bar on stderr
+
+
+def cmd_predict(args) -> None:
+    """Classify query images against a support folder (one subfolder of images per class), any checkpoint."""
+    from matchnet.engine import resolve_device
+    from matchnet.inputs import query_files
+    from matchnet.predict import Predictor
+
+    queries = [f for q in args.query for f in query_files(q)]  # every path checked before the model loads
+    try:
+        predictor = Predictor(args.checkpoint, args.support, resize=args.resize,
+                              device=resolve_device(args.device or "cpu"))
+        out = predictor.predict(queries, progress=len(queries) >= PREDICT_PROGRESS_FROM)
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: nothing was classified")
+    if args.json:
+        for i in range(len(out)):
+            print(json.dumps(out.record(i)))
+        return
+    rows = [(q, label, f"{out.probabilities[i].max():.3f}", out.record(i)["most_attended"])
+            for i, (q, label) in enumerate(zip(out.queries, out.labels))]
+    head = ("query", "prediction", "probability", "most attended support image")
+    widths = [max(len(r[c]) for r in [head, *rows]) for c in range(3)]
+    for r in [head, *rows]:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train/run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,6 +342,21 @@ def main(argv: list[str] | None = None) -> int:
     # table imagenet (Table 3): which held-out classes; train/table_imagenet.py has the rest
     p.add_argument("--split", choices=["rand", "dogs"], default="rand",
                    help="imagenet: hold out L_rand or L_dogs (Appendix C; matchnet/data/splits/imagenet/)")
+
+    p = sub.add_parser("predict", help="classify your own images: a support folder (one subfolder per class) and "
+                                       "query files or folders, with any checkpoint")
+    p.add_argument("--checkpoint", default="omniglot-vinyals",
+                   help="a checkpoint folder, a shipped model's name or a Hub repo id (default omniglot-vinyals)")
+    p.add_argument("--support", required=True, metavar="DIR",
+                   help="DIR/<class>/<images>: the subfolder names are the classes")
+    p.add_argument("--query", required=True, nargs="+", metavar="FILE_OR_DIR",
+                   help="query images, or folders of them (every image file under them, sorted)")
+    p.add_argument("--json", action="store_true", help="one JSON object per query (label, probabilities, "
+                                                       "attention and cosine per support image)")
+    p.add_argument("--resize", choices=["crop", "stretch"],
+                   help="photo models: how images are made square (default: as the checkpoint was trained)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to run (default: cpu)")
+    p.set_defaults(func=cmd_predict)
 
     # `run.py --help` shows every command's options, not only the command names
     parser.epilog = "\n".join(f"{'-' * 100}\n{p.format_help()}" for p in sub.choices.values())
