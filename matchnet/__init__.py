@@ -2,11 +2,11 @@
 from .checkpoint import CheckpointError, load_model, save_model
 from .episodes import EpisodeSampler, Episodes, evaluation_episodes
 from .evaluate import Accuracy, evaluate, evaluate_table
-from .hub import load
+from .hub import HubMatchingNetwork, load
 from .model import MatchingNetwork, SupportSet
 
 __all__ = [
-    "Accuracy", "CheckpointError", "EpisodeSampler", "Episodes", "MatchingNetwork", "SupportSet",
-    "evaluate", "evaluate_table", "evaluation_episodes", "load", "load_model", "save_model",
+    "Accuracy", "CheckpointError", "EpisodeSampler", "Episodes", "HubMatchingNetwork", "MatchingNetwork",
+    "SupportSet", "evaluate", "evaluate_table", "evaluation_episodes", "load", "load_model", "save_model",
 ]
 __version__ = "0.1.0"
