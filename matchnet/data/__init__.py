@@ -3,10 +3,10 @@ from typing import Any
 
 from .fewshot import FewShotSplit
 from .mnist import load_mnist
-from .omniglot import DatasetNotFoundError, Omniglot, load_omniglot, omniglot_splits
+from .omniglot import DatasetNotFoundError, Omniglot, alphabet_splits, load_omniglot, omniglot_splits
 
-__all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "load_mnist", "load_omniglot",
-           "load_splits", "omniglot_splits"]
+__all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "alphabet_splits", "load_mnist",
+           "load_omniglot", "load_splits", "omniglot_splits"]
 
 DATASETS = ("omniglot", "miniimagenet", "folder")
 OMNIGLOT_OPTIONS = {"image_size": int}
@@ -32,8 +32,6 @@ def load_splits(dataset: str, split: str, root: str, download: bool = False,
             if not isinstance(value, OMNIGLOT_OPTIONS[key]) or isinstance(value, bool):
                 raise ValueError(f"data option {key} should be {OMNIGLOT_OPTIONS[key].__name__}, got {value!r}")
         if split == "lake-alphabets":  # Lake's protocol with 5 background alphabets held out for validation
-            from ..alphabets import alphabet_splits
-
             return alphabet_splits(load_omniglot(root, download=download, **options))
         return omniglot_splits(load_omniglot(root, download=download, **options), split)
     if dataset in ("miniimagenet", "folder"):

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,8 +199,8 @@ def _read(folder: Path, size: int, strict: bool) -> Omniglot:
     for part in PARTS:
         with _entries(folder, part) as entries:
             chars: dict[str, list] = {}
-            for (alphabet, character, stem), (label, read) in entries.items():
-                chars.setdefault(f"{alphabet}/{character}", []).append((stem, (label, read)))
+            for (alpha, character, stem), (label, read) in entries.items():
+                chars.setdefault(f"{alpha}/{character}", []).append((stem, (label, read)))
             if (len(chars) != COUNTS[part]) if strict else not chars:
                 found = f"{len(chars)} characters" if chars else "nothing"
                 raise DatasetNotFoundError(
@@ -294,3 +295,45 @@ def omniglot_splits(data: Omniglot, split: str = "vinyals") -> dict[str, FewShot
             "test": make(evaluation, [0] * len(evaluation), [f"{data.names[i]}/rot000" for i in evaluation]),
         }
     raise ValueError(f"unknown Omniglot split {split!r}; choose 'vinyals' or 'lake'")
+
+
+# -- Lake's protocol with whole alphabets held out (matchnet.alphabets draws its episodes) -----------------------
+
+# Lake et al.'s benchmark: 20-way 1-shot, one query per class (the query drawer's drawing of each character).
+LAKE_WAY = 20
+
+
+def alphabet(name: str) -> str:
+    """The alphabet of a class name "Alphabet/characterNN[/rotDDD]"."""
+    return name.split("/", 1)[0]
+
+
+def alphabet_splits(data: Omniglot, val_alphabets: int = 5, seed: int = 0,
+                    min_characters: int = LAKE_WAY) -> dict[str, FewShotSplit]:
+    """Lake's protocol with whole alphabets held out for choosing: `val_alphabets` of the images_background
+    alphabets that have >= `min_characters` characters, drawn with `seed`, are validation (upright characters,
+    as the test); the other background alphabets train (x4 rotations, as the lake split). trainval (all of
+    images_background x4) and test (images_evaluation, upright) are the lake split's."""
+    back = [i for i in range(len(data.names)) if data.background[i]]
+    counts = Counter(alphabet(data.names[i]) for i in back)
+    candidates = sorted(a for a, n in counts.items() if n >= min_characters)
+    if val_alphabets > len(candidates) or val_alphabets < 1:
+        raise ValueError(f"val_alphabets must be 1..{len(candidates)} (background alphabets with "
+                         f">= {min_characters} characters), got {val_alphabets}")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {candidates[i] for i in order[:val_alphabets]}
+    train = [i for i in back if alphabet(data.names[i]) not in held]
+    val = [i for i in back if alphabet(data.names[i]) in held]
+    evaluation = [i for i in range(len(data.names)) if not data.background[i]]
+
+    def make(src, rot, names):
+        return FewShotSplit(data.images, torch.tensor(src), torch.tensor(rot), names)
+
+    def as_drawn(indices):
+        return make(indices, [0] * len(indices), [f"{data.names[i]}/rot000" for i in indices])
+
+    def rotated(indices):  # each character at 0/90/180/270 degrees, as four classes
+        return make([i for i in indices for _ in range(4)], [r for _ in indices for r in range(4)],
+                    [f"{data.names[i]}/rot{90 * r:03d}" for i in indices for r in range(4)])
+
+    return {"train": rotated(train), "val": as_drawn(val), "trainval": rotated(back), "test": as_drawn(evaluation)}
