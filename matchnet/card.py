@@ -52,7 +52,7 @@ def model_card(model: MatchingNetwork, *, results: dict | None = None, training:
     return ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body))
 
 
-# How a dataset is named in cards; "folder" is a user's own ROOT/<class>/*.jpg (matchnet.data.images).
+# How a dataset is named in cards; "folder" is a user's own ROOT/<class>/*.jpg (matchnet.data.folder).
 DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "miniImageNet", "folder": "an image folder"}
 DATA_FOLDERS = {"omniglot": "Omniglot in `data/omniglot-py/`", "miniimagenet": "miniImageNet in `data/miniimagenet/`"}
 

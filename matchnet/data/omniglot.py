@@ -10,6 +10,7 @@ it checks the zips' md5 and rejects re-encoded copies with identical pixels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import io
 import os
@@ -29,7 +30,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..atomic import atomic_path
 from .cache import listing_key, load_cached, save_cached
+from .files import NotRegularFileError, read_regular
 from .fewshot import FewShotSplit
 
 PARTS = ("images_background", "images_evaluation")
@@ -82,8 +85,9 @@ def omniglot_dir(root: str | os.PathLike) -> Path:
 def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> None:
     """Fetch the missing zips from brendenlake/omniglot (the canonical source) into ROOT/omniglot-py/.
 
-    Each zip is streamed to a .part file, checked to be a zip, then renamed: a failed or interrupted download
-    leaves nothing behind (not even the folders it created) and raises DatasetNotFoundError in one line."""
+    Each zip is streamed to a temporary file (matchnet.atomic), checked to be a zip, then renamed: a failed or
+    interrupted download leaves nothing behind (not even the folders it created) and raises DatasetNotFoundError
+    in one line."""
     folder = omniglot_dir(root)
     needed = [p for p in PARTS if not (folder / f"{p}.zip").exists() and not (folder / p).is_dir()]
     if not needed:
@@ -101,14 +105,13 @@ def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> No
 
 
 def _fetch(url: str, target: Path, timeout: float) -> None:
-    tmp = target.with_name(target.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        if not zipfile.is_zipfile(tmp):
-            raise CorruptDataError(f"{url}: the download is not a zip archive; download it by hand into "
-                                   f"{target.parent}")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:  # removed on any failure; renamed onto target only once it is a zip
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+            if not zipfile.is_zipfile(tmp):
+                raise CorruptDataError(f"{url}: the download is not a zip archive; download it by hand into "
+                                       f"{target.parent}")
     except DatasetNotFoundError:
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # TimeoutError is an OSError
@@ -117,8 +120,6 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
             f"could not download {url} ({type(e).__name__}: {reason[0][:200]}); without network, copy "
             f"images_background.zip and images_evaluation.zip from brendenlake/omniglot (python/) into "
             f"{target.parent} by hand") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def _sources(folder: Path, part: str) -> list[Path]:
 def _entries(folder: Path, part: str) -> Iterator[dict[tuple[str, str, str], tuple[str, Callable[[], bytes]]]]:
     """(alphabet, character, file stem) -> (the file's name for messages, a function returning its bytes)."""
     if (folder / part).is_dir():
-        yield {(p.parent.parent.name, p.parent.name, p.stem): (str(p), p.read_bytes) for p in _sources(folder, part)}
+        yield {(p.parent.parent.name, p.parent.name, p.stem): (str(p), functools.partial(read_regular, p))
+               for p in _sources(folder, part)}
         return
     path = folder / f"{part}.zip"
     if not path.is_file():
@@ -172,6 +174,9 @@ def _to_array(png: bytes, size: int, label: str = "image") -> np.ndarray:
 def _read_bytes(label: str, read: Callable[[], bytes]) -> bytes:
     try:
         return read()
+    except NotRegularFileError:  # a FIFO in a PNG's place would block read() forever: refused, never waited on
+        raise CorruptDataError(f"{label}: not a regular file (a FIFO, device or socket); replace it with the PNG "
+                               "from brendenlake/omniglot") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member: bad CRC, short data
         raise CorruptDataError(f"{label}: unreadable ({type(e).__name__}: {e}); the zip is damaged: delete it "
                                "and download it again (--set download=true)") from None
