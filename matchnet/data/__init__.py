@@ -13,8 +13,9 @@ Nothing here imports the rest of matchnet but matchnet.atomic: data is the botto
 from typing import Any
 
 from .fewshot import FewShotSplit
+from .files import DatasetNotFoundError
 from .mnist import load_mnist
-from .omniglot import DatasetNotFoundError, Omniglot, alphabet_splits, load_omniglot, omniglot_splits
+from .omniglot import Omniglot, alphabet_splits, load_omniglot, omniglot_splits
 
 __all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "alphabet_splits", "load_mnist",
            "load_omniglot", "load_splits", "omniglot_splits"]

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from .fewshot import FewShotSplit
-from .files import note
+from .files import DatasetNotFoundError, note
 from .image_cache import decode_files
-from .omniglot import DatasetNotFoundError
 
 SPLITS = ("train", "val", "test")
 

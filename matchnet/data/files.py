@@ -1,5 +1,5 @@
-"""Image files on disk: which files count as images, opening only regular files, and the one-line notes the
-loaders print about what they left out.
+"""Data files on disk: the errors every loader raises about them, which files count as images, opening only
+regular files, and the one-line notes the loaders print about what they left out.
 
 A FIFO (or a device, a socket) with an image's name would block open() or read() forever: it is refused here
 with a line naming it, never waited on.
@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data folder is missing or incomplete; the message names the expected layout."""
+
+
+class CorruptDataError(DatasetNotFoundError):
+    """A data file exists but cannot be read (truncated zip, corrupt image); the message names the file and the fix.
+
+    A DatasetNotFoundError, so every caller that reports missing data reports this too."""
 
 
 class NotRegularFileError(OSError):
@@ -53,7 +63,8 @@ def image_files(folder: Path) -> list[Path]:
     one line naming it."""
     found, odd = [], []
     for p in folder.rglob("*"):
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or any(part.startswith(".") for part in p.relative_to(folder).parts):
+        hidden = any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if hidden or p.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if p.is_file():
             found.append(p)

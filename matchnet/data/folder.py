@@ -10,8 +10,7 @@ import numpy as np
 
 from .classes import SPLITS, load_classes, make_splits
 from .fewshot import FewShotSplit
-from .files import IMAGE_EXTENSIONS, image_files, note
-from .omniglot import DatasetNotFoundError
+from .files import IMAGE_EXTENSIONS, DatasetNotFoundError, image_files, note
 from .options import FOLDER_OPTIONS, check_options
 
 

@@ -16,8 +16,7 @@ from typing import Any
 
 from .classes import SPLITS, load_classes, make_splits
 from .fewshot import FewShotSplit
-from .files import image_files, read_regular
-from .omniglot import DatasetNotFoundError
+from .files import DatasetNotFoundError, image_files, read_regular
 from .options import MINI_OPTIONS, check_options
 
 MINI_DIRS = ("", "miniimagenet", "miniImagenet", "miniImageNet", "mini-imagenet", "mini_imagenet")

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from .cache import listing_key, load_cached, save_cached
-from .files import NotRegularFileError, read_regular
 from .fewshot import FewShotSplit
+from .files import CorruptDataError, DatasetNotFoundError, NotRegularFileError, read_regular
 
 PARTS = ("images_background", "images_evaluation")
 COUNTS = {"images_background": 964, "images_evaluation": 659}
@@ -50,16 +50,6 @@ LAYOUT_HELP = (
     "images_evaluation.zip in ROOT/omniglot-py/). Unzip brendenlake/omniglot's python/*.zip there, or pass "
     "download=True (on the command line: --set download=true) to fetch them."
 )
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The data folder is missing or incomplete; the message names the expected layout."""
-
-
-class CorruptDataError(DatasetNotFoundError):
-    """A data file exists but cannot be read (truncated zip, corrupt image); the message names the file and the fix.
-
-    A DatasetNotFoundError, so every caller that reports missing data reports this too."""
 
 
 @dataclass
