@@ -6,7 +6,10 @@ matchnet.atomic and memory-mapped copy-on-write on load. A small safetensors fil
 on the files' names, sizes and modification times records where the array is and what was skipped.
 
 Under torchrun, rank 0 alone decodes and writes the cache while the other ranks wait at a barrier, then they
-read it: one decode and one gigabyte file, not one per rank.
+read it: one decode and one gigabyte file, not one per rank. A rank that finds no cache after the wait (a
+machine that does not share rank 0's data folder, or cache = false) decodes for itself, as a single process does.
+The wait is bounded by the process group's timeout (torch.distributed's default is minutes): for a dataset that
+takes longer to decode, build the cache once with a plain single-process run first.
 """
 from __future__ import annotations
 
