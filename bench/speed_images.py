@@ -5,7 +5,7 @@ in one run, on one device; 5-way 1-shot episodes with 15 queries per class (80 i
 (a) conventional, as peer implementations do it: a torch DataLoader over the JPEG files (PIL decode, RGB,
     resize to 84 x 84, to tensor, per-channel normalisation, all in __getitem__) driven by an episode batch
     sampler, one episode per step, fp32, a host sync (.item()) per step for logging.
-(b) fast: the images decoded once (matchnet.data.images: parallel processes, a cached uint8 tensor), held on the
+(b) fast: the images decoded once (matchnet.data.image_cache: parallel processes, a cached uint8 tensor), held on the
     device; episodes gathered there with torch ops (matchnet.episodes); several episodes per step; bf16 autocast
     and channels_last on CUDA; the very step matchnet.train uses (make_step). The one-time decode and the later
     cache load are timed separately.
@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from matchnet.data import load_splits  # noqa: E402
-from matchnet.data.images import miniimagenet_layout  # noqa: E402
+from matchnet.data.miniimagenet import miniimagenet_layout  # noqa: E402
 from matchnet.data.synthetic import write_synthetic  # noqa: E402
 from matchnet.episodes import Episodes  # noqa: E402
 from matchnet.train import TrainConfig, build, episode_loss, make_step, resolve_device  # noqa: E402

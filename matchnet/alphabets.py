@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import re
 import zipfile
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .data.fewshot import FewShotSplit
-from .data.omniglot import Omniglot
+# alphabet_splits is the data's (a split of classes); re-exported here beside the episodes drawn from it
+from .data.omniglot import LAKE_WAY, alphabet, alphabet_splits  # noqa: F401
 from .episodes import EpisodeIndices, Episodes, gather, shuffle_support
 from .evaluate import Accuracy, Predictor, accuracy
 
-# Lake et al.'s benchmark: 20-way 1-shot, one query per class (the query drawer's drawing of each character).
-LAKE_WAY = 20
 _DRAWER = re.compile(r"(images_background|images_evaluation)/([^/]+)/(character\d+)/\d+_(\d+)\.png$")
-
-
-def alphabet(name: str) -> str:
-    return name.split("/", 1)[0]
 
 
 def class_groups(split: FewShotSplit) -> tuple[torch.Tensor, list[str]]:
@@ -192,37 +186,6 @@ def training_sampler(split: FewShotSplit, way: int, shot: int, query: int, seed:
     sampler = AlphabetEpisodeSampler(split, way, shot, query, seed=seed, within=within_alphabet,
                                      same_drawer=same_drawer, shuffle_support=shuffle_support)
     return AugmentedSampler(sampler) if augment else sampler
-
-
-def alphabet_splits(data: Omniglot, val_alphabets: int = 5, seed: int = 0,
-                    min_characters: int = LAKE_WAY) -> dict[str, FewShotSplit]:
-    """Lake's protocol with whole alphabets held out for choosing: `val_alphabets` of the images_background
-    alphabets that have >= `min_characters` characters, drawn with `seed`, are validation (upright characters,
-    as the test); the other background alphabets train (x4 rotations, as the lake split). trainval (all of
-    images_background x4) and test (images_evaluation, upright) are the lake split's."""
-    back = [i for i in range(len(data.names)) if data.background[i]]
-    counts = Counter(alphabet(data.names[i]) for i in back)
-    candidates = sorted(a for a, n in counts.items() if n >= min_characters)
-    if val_alphabets > len(candidates) or val_alphabets < 1:
-        raise ValueError(f"val_alphabets must be 1..{len(candidates)} (background alphabets with "
-                         f">= {min_characters} characters), got {val_alphabets}")
-    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
-    held = {candidates[i] for i in order[:val_alphabets]}
-    train = [i for i in back if alphabet(data.names[i]) not in held]
-    val = [i for i in back if alphabet(data.names[i]) in held]
-    evaluation = [i for i in range(len(data.names)) if not data.background[i]]
-
-    def make(src, rot, names):
-        return FewShotSplit(data.images, torch.tensor(src), torch.tensor(rot), names)
-
-    def as_drawn(indices):
-        return make(indices, [0] * len(indices), [f"{data.names[i]}/rot000" for i in indices])
-
-    def rotated(indices):  # each character at 0/90/180/270 degrees, as four classes
-        return make([i for i in indices for _ in range(4)], [r for _ in indices for r in range(4)],
-                    [f"{data.names[i]}/rot{90 * r:03d}" for i in indices for r in range(4)])
-
-    return {"train": rotated(train), "val": as_drawn(val), "trainval": rotated(back), "test": as_drawn(evaluation)}
 
 
 def drawers_in_zip(path: str | Path) -> dict[str, list[int]]:

@@ -10,12 +10,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_text, write_with
 from .model import FORMAT_VERSION, MatchingNetwork
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -31,8 +32,8 @@ def save_model(model: MatchingNetwork, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = {"matchnet_format": FORMAT_VERSION, **model.config}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(folder / WEIGHTS, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic(folder / CONFIG, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_with(folder / WEIGHTS, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
     return folder
 
 
@@ -153,11 +154,16 @@ def check_finite(state: dict[str, torch.Tensor], weights: Path) -> None:
                                   f"{tensor.numel()}; the checkpoint is broken (a diverged training run?)")
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> MatchingNetwork:
+Model = TypeVar("Model", bound=MatchingNetwork)
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu",
+               cls: type[Model] = MatchingNetwork) -> Model:
     """Load a checkpoint folder written by save_model; the model comes back in eval mode.
 
     Checked in order of cost, so a bad folder fails before memory is spent: config.json's keys and types, the
-    weights' header against the config (on the meta device), then the data itself (readable, finite)."""
+    weights' header against the config (on the meta device), then the data itself (readable, finite).
+    cls: MatchingNetwork or a subclass with the same constructor (matchnet.hub.HubMatchingNetwork)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
@@ -169,11 +175,11 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"{weights}: missing")
     try:
         with torch.device("meta"):  # the architecture without memory: its constructor's own checks run here
-            meta = MatchingNetwork(**kwargs)
+            meta = cls(**kwargs)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{folder / CONFIG}: {_first_line(e)}") from None
     check_weights_header(weights, meta)
-    model = MatchingNetwork(**kwargs)
+    model = cls(**kwargs)
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:
@@ -194,7 +200,7 @@ def _first_line(error: BaseException) -> str:
 def save_state(path: str | os.PathLike, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Save a flat dict of tensors and a JSON-able dict in one safetensors file (info in its metadata)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(Path(path), lambda p: save_file(tensors, p, metadata={"info": json.dumps(info)}))
+    write_with(path, lambda p: save_file(tensors, p, metadata={"info": json.dumps(info)}))
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -230,16 +236,3 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-def _atomic(path: Path, write) -> None:
-    """write(tmp) then rename over `path`, the data flushed to disk first: a crash or a power cut leaves the old
-    file or the new one, never a half one (a temp file left by a kill is removed on the next training start)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

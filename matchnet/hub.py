@@ -1,68 +1,96 @@
-"""Hugging Face Hub support: find a checkpoint folder by name, write its model card, publish it.
+"""Hugging Face Hub support: find a checkpoint folder by name, load it, publish it.
 
 A matchnet checkpoint is the folder checkpoint.save_model writes (config.json + model.safetensors). On the Hub
-it also carries README.md (the card below), results.json, training.json and training_log.jsonl. The model class
-gets save_pretrained / from_pretrained / push_to_hub from huggingface_hub's PyTorchModelHubMixin; its hooks
-(model.py) call resolve, load_folder and model_card here.
+it also carries README.md (the card, matchnet.card), results.json, training.json and training_log.jsonl.
+HubMatchingNetwork is MatchingNetwork with huggingface_hub's PyTorchModelHubMixin (save_pretrained /
+from_pretrained / push_to_hub), its hooks routed through checkpoint.py and this module; matchnet.load returns one.
 
 Network use is bounded: one probe with a short timeout decides between downloading and the local cache, because
 hf_hub_download alone retries a dead network for half a minute before it looks in the cache.
 """
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi, ModelCard, ModelCardData, get_hf_file_metadata, get_token, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, get_hf_file_metadata, get_token, hf_hub_download
 from huggingface_hub import hf_hub_url
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError,
                                     LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
-from huggingface_hub.repocard_data import EvalResult
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
+from .atomic import atomic_path, write_text
+from .card import CARD, CARD_DATA, PAPER_URL, model_card
 from .checkpoint import (CONFIG, WEIGHTS, CheckpointError, check_config, load_model, model_kwargs, read_config,
-                         read_json)
+                         read_json, save_model)
 from .model import MatchingNetwork
-from .results import KEYS, results_table
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets"  # the models that ship with a checkout
-CARD = "README.md"
 EXTRAS = ("results.json", "training.json", "training_log.jsonl")
 PUBLISHED = (CONFIG, WEIGHTS, CARD, *EXTRAS)  # everything `publish` uploads, in listing order
 HUB_PREFIX = "hf://"  # forces a name to be read as a Hub repo id
 TIMEOUT_S = 5.0  # network probes: long enough for a slow link, short enough that offline is not a hang
-PAPER_URL = "https://arxiv.org/abs/1606.04080"
-BIBTEX = """@inproceedings{vinyals2016matching,
-  title     = {Matching Networks for One Shot Learning},
-  author    = {Vinyals, Oriol and Blundell, Charles and Lillicrap, Timothy and Kavukcuoglu, Koray and Wierstra, Daan},
-  booktitle = {Advances in Neural Information Processing Systems},
-  volume    = {29},
-  pages     = {3630--3638},
-  year      = {2016}
-}"""
-COLUMN_NAMES = {"5w1s": "5-way 1-shot", "5w5s": "5-way 5-shot", "20w1s": "20-way 1-shot", "20w5s": "20-way 5-shot"}
 
 
 class PublishError(RuntimeError):
     """Publishing cannot start or failed: no token, no network, a rejected token, a Hub refusal."""
 
 
+class HubMatchingNetwork(MatchingNetwork, PyTorchModelHubMixin, paper_url=PAPER_URL, **CARD_DATA):
+    """MatchingNetwork with save_pretrained / from_pretrained / push_to_hub (huggingface_hub's mixin).
+
+    The same constructor and weights as MatchingNetwork (it is one: isinstance holds); the hooks below make the
+    mixin write and read matchnet's checkpoint folder (checkpoint.py) and this project's model card (card.py).
+    """
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_model(self, save_directory)  # config.json with matchnet_format, so the mixin writes no other
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        **model_kwargs: Any) -> "HubMatchingNetwork":
+        """A Hub repo id, a local checkpoint folder or a shipped model's name (see resolve).
+
+        map_location="cuda" puts the model on a device; the architecture always comes from config.json.
+        """
+        folder = resolve(pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                         local_files_only=local_files_only, force_download=force_download)
+        return super().from_pretrained(folder, **model_kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu",
+                         **kwargs: Any) -> "HubMatchingNetwork":
+        return load_folder(model_id, map_location, kwargs)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The card (README.md) save_pretrained writes; pass results=/training= via model_card_kwargs."""
+        return _AtomicCard(str(model_card(self, card_data=self._hub_mixin_info.model_card_data, **kwargs)))
+
+
+class _AtomicCard(ModelCard):
+    """A card whose save() (called by the mixin's save_pretrained) writes through matchnet.atomic."""
+
+    def save(self, filepath: str | os.PathLike) -> None:
+        write_text(filepath, str(self))
+
+
 # -- loading ---------------------------------------------------------------------------------------------------
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", *, revision: str | None = None,
          token: str | None = None, cache_dir: str | os.PathLike | None = None,
-         local_files_only: bool = False) -> MatchingNetwork:
+         local_files_only: bool = False) -> HubMatchingNetwork:
     """A trained model in eval mode, from a Hub repo id ("user/name"), a local checkpoint folder, or the name of
     a shipped model ("omniglot-vinyals" is assets/omniglot-vinyals). Raises CheckpointError naming what is wrong.
+    A MatchingNetwork that also has save_pretrained / push_to_hub (HubMatchingNetwork).
     """
-    return MatchingNetwork.from_pretrained(name_or_path, revision=revision, token=token, cache_dir=cache_dir,
-                                           local_files_only=local_files_only, map_location=device)
+    return HubMatchingNetwork.from_pretrained(name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                                              local_files_only=local_files_only, map_location=device)
 
 
 def shipped_models() -> list[str]:
@@ -109,10 +137,11 @@ def _checked(folder: Path) -> Path:
     return folder
 
 
-def load_folder(folder: str | os.PathLike, device: str | torch.device, overrides: dict[str, Any]) -> MatchingNetwork:
+def load_folder(folder: str | os.PathLike, device: str | torch.device,
+                overrides: dict[str, Any]) -> HubMatchingNetwork:
     """The mixin's _from_pretrained: load_model, refusing constructor arguments that contradict config.json."""
     hub_args = {"revision", "cache_dir", "force_download", "local_files_only", "token"}
-    model = load_model(folder, device)
+    model = load_model(folder, device, cls=HubMatchingNetwork)
     clash = {k: v for k, v in overrides.items() if k not in hub_args and model.config.get(k, _MISSING) != v}
     if clash:
         raise CheckpointError(f"{Path(folder) / CONFIG}: from_pretrained got {clash}, which {CONFIG} does not say; "
@@ -205,153 +234,6 @@ def _download(repo_id: str, revision: str | None, token: str | bool | None, cach
     return Path(files[0]).parent
 
 
-# -- the model card --------------------------------------------------------------------------------------------
-
-def model_card(model: MatchingNetwork, *, results: dict | None = None, training: dict | None = None,
-               repo_id: str | None = None, name: str | None = None, files: list[str] | None = None,
-               **_: Any) -> ModelCard:
-    """README.md for a checkpoint: metadata (with model-index from results.json), the results table, the training
-    config and commands (training.json), usage and citation. Without results the card says so instead."""
-    name = name or (repo_id.split("/")[-1] if repo_id else None) or "matchnet-model"
-    dataset = (results or training or {}).get("dataset", "omniglot")
-    data = ModelCardData(**model._hub_mixin_info.model_card_data.to_dict())
-    data.datasets = [dataset]
-    data.metrics = ["accuracy"]
-    data.model_name = name
-    if results:
-        data.eval_results = _eval_results(results)
-    body = [f"# {name}", "", _summary(model, results, training), "", _usage(repo_id or name, model), ""]
-    body += _results_section(results) + _training_section(training, results) + _files_section(files)
-    body += ["## Citation", "", "```bibtex", BIBTEX, "```", ""]
-    return ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body))
-
-
-# How a dataset is named in cards; "folder" is a user's own ROOT/<class>/*.jpg (matchnet.data.images).
-DATASET_NAMES = {"omniglot": "Omniglot", "miniimagenet": "miniImageNet", "folder": "an image folder"}
-DATA_FOLDERS = {"omniglot": "Omniglot in `data/omniglot-py/`", "miniimagenet": "miniImageNet in `data/miniimagenet/`"}
-
-
-def _eval_results(results: dict) -> list[EvalResult]:
-    split, dataset = results.get("split", ""), results.get("dataset", "omniglot")
-    out = []
-    for key in (k for k in KEYS if k in results["accuracy"]):
-        acc, column = results["accuracy"][key], COLUMN_NAMES[key]
-        # One model-index entry per column: the mixin groups metrics by task type and dataset config.
-        common = dict(task_type="few-shot-image-classification", task_name=f"{column} classification",
-                      dataset_type=dataset,
-                      dataset_name=f"{DATASET_NAMES.get(dataset, dataset)} ({split} split), {column}",
-                      dataset_config=f"{split}, {column}", dataset_split="test")
-        out.append(EvalResult(**common, metric_type="accuracy", metric_value=round(acc["mean"], 2),
-                              metric_name="accuracy (%)"))
-        out.append(EvalResult(**common, metric_type="accuracy_ci95", metric_value=round(acc["ci95"], 2),
-                              metric_name="95% confidence interval half-width (± %)"))
-    return out
-
-
-def _summary(model: MatchingNetwork, results: dict | None, training: dict | None) -> str:
-    c = model.config
-    side = c["image_size"] // 2 ** c["layers"]
-    scale = (f"learned, now {float(model.scale.detach()):.3g}" if c["learn_scale"] else "fixed")
-    fce = (f"Full Context Embeddings (a bidirectional LSTM over the support set and an attention LSTM with "
-           f"{c['fce_steps']} read steps over the queries)" if c["fce"] else "no Full Context Embeddings")
-    params = sum(p.numel() for p in model.parameters())
-    info = results or training or {}
-    dataset = info.get("dataset")
-    data = (f" Trained on {DATASET_NAMES.get(dataset, dataset)}, `{info['split']}` class split." if dataset
-            and "split" in info else "")
-    if c.get("mean"):  # natural images: normalised inside the model with the training classes' statistics
-        data += (f" Inputs are normalised inside the model per channel (mean {c['mean']}, std {c['std']}, the "
-                 "training classes' statistics).")
-    return (f"A [Matching Network]({PAPER_URL}) (Vinyals et al., NeurIPS 2016) for one-shot image classification, "
-            f"trained with matchnet, a plain PyTorch implementation.{data}\n\n"
-            f"- Embedding: Conv-{c['layers']} ({c['layers']} × [3×3 conv, {c['hidden']} channels, BatchNorm, ReLU, "
-            f"2×2 max-pool]), {c['in_channels']}×{c['image_size']}×{c['image_size']} input → "
-            f"{c['hidden'] * side * side}-d\n"
-            f"- Classifier: softmax attention over the support set on cosine similarity × {c['scale']:g} "
-            f"({scale}); {fce}\n"
-            f"- {params:,} parameters; weights in safetensors, constructor arguments in config.json")
-
-
-def _usage(load_name: str, model: MatchingNetwork | None = None) -> str:
-    c = model.config if model is not None else {"in_channels": 1, "image_size": 28}
-    side = c["image_size"]
-    what = "ink = 1" if c["in_channels"] == 1 else "RGB, not normalised (the model normalises)"
-    return "\n".join([
-        "## Usage", "",
-        "```python",
-        "import matchnet",
-        "",
-        f'model = matchnet.load("{load_name}")  # or matchnet.MatchingNetwork.from_pretrained(...)',
-        f"# images: float [episodes, n, {c['in_channels']}, {side}, {side}] in [0, 1], {what}; "
-        "labels: int64 [episodes, n] in [0, N)",
-        "support = model.embed_support(support_images, support_labels)",
-        "log_probs, attention = model.classify(support, query_images)  # [E, Q, N], [E, Q, S]",
-        "```",
-    ])
-
-
-def _results_section(results: dict | None) -> list[str]:
-    if not results:
-        return ["## Results", "", "No evaluation results came with this checkpoint: run "
-                "`python train/run.py eval --checkpoint DIR` and publish with `python train/run.py publish`.", ""]
-    protocol = (f"{results['episodes']} test episodes per column (seed {results['seed']}), "
-                f"{results['query_per_class']} queries per class, {results['test_classes']} test classes of the "
-                f"`{results['split']}` split; evaluated on {results['hardware']}.")
-    if results.get("dataset", "omniglot") != "omniglot":  # results_table's quoted rows are Omniglot's
-        keys = [k for k in KEYS if k in results["accuracy"]]
-        table = "\n".join([f"| model | split | FCE | {' | '.join(COLUMN_NAMES[k] for k in keys)} |",
-                           "|---|---|---|" + "---:|" * len(keys),
-                           f"| {Path(results['checkpoint']).name} | {results['split']} | "
-                           f"{'yes' if results['model']['fce'] else 'no'} | "
-                           + " | ".join(f"{results['accuracy'][k]['mean']:.2f} ± {results['accuracy'][k]['ci95']:.2f}"
-                                        for k in keys) + " |"])
-        return ["## Results", "", "Accuracy (%) ± the half-width of the 95% confidence interval over test "
-                f"episodes, on {DATASET_NAMES.get(results['dataset'], results['dataset'])}.", "", table, "",
-                protocol, ""]
-    return ["## Results", "",
-            "Accuracy (%) ± the half-width of the 95% confidence interval over test episodes. Rows in *italics* "
-            "are quoted from papers, not measured here.", "",
-            results_table([results]), "", protocol, ""]
-
-
-def _training_section(training: dict | None, results: dict | None) -> list[str]:
-    commands = [c["command"] for c in (training, results) if c and c.get("command")]
-    dataset = (results or training or {}).get("dataset", "omniglot")
-    where = DATA_FOLDERS.get(dataset, "the training data under `data/`")
-    out = []
-    if training:
-        t = training.get("train_config", {})
-        lines = []
-        if t:
-            lines += [f"- Episodes: {t['way']}-way {t['shot']}-shot, {t['query']} queries per class, "
-                      f"{t['meta_batch']} episodes per step, {t['steps']} steps (classes: `{t['train_on']}`)",
-                      f"- Optimizer: Adam, learning rate {t['lr']:g}, {t['schedule']} schedule, "
-                      f"{t['warmup_steps']} warm-up steps, weight decay {t['weight_decay']:g}"]
-        if training.get("selected"):
-            lines.append(f"- Model selection: {training['selected']}")
-        if training.get("trained_on"):
-            took = f", {training['train_seconds']:.0f} s" if "train_seconds" in training else ""
-            lines.append(f"- Hardware: {training['trained_on']}{took}")
-        out += ["## Training", "", *lines, "", "<details><summary>Full training config (training.json)</summary>",
-                "", "```json", json.dumps(training, indent=2), "```", "", "</details>", ""]
-    if commands:
-        out += ["## Reproduce", "", f"From a matchnet checkout with {where}:", "",
-                "```bash", *commands, "```", "",
-                "`python train/run.py rebuild --device cuda` retrains and re-evaluates every shipped model.", ""]
-    return out
-
-
-def _files_section(files: list[str] | None) -> list[str]:
-    what = {CONFIG: "constructor arguments and `matchnet_format` (the checkpoint format version)",
-            WEIGHTS: "the weights (safetensors: loading never unpickles)", CARD: "this card",
-            "results.json": "test accuracies with their 95% CIs and the evaluation protocol",
-            "training.json": "how the model was trained", "training_log.jsonl": "loss, accuracy and validation "
-            "accuracy during training, one JSON object per line"}
-    if not files:
-        return []
-    return ["## Files", "", *[f"- `{f}`: {what.get(f, '')}".rstrip(": ") for f in files], ""]
-
-
 # -- publishing ------------------------------------------------------------------------------------------------
 
 def stage(checkpoint: str | os.PathLike, out: str | os.PathLike, repo_id: str | None = None) -> list[Path]:
@@ -361,7 +243,7 @@ def stage(checkpoint: str | os.PathLike, out: str | os.PathLike, repo_id: str | 
     `out` must be a new or empty folder outside the checkpoint: a dry run deletes and overwrites nothing. The
     files are written into a temporary folder beside it and moved in at the end, so a failure leaves no half."""
     checkpoint, out = Path(checkpoint), Path(out).expanduser()
-    model = load_model(checkpoint)  # validates the checkpoint before anything is written
+    model = load_model(checkpoint, cls=HubMatchingNetwork)  # validates the checkpoint before anything is written
     results, training = read_json(checkpoint / "results.json"), read_json(checkpoint / "training.json")
     _check_outdir(checkpoint, out)
     extras = [f for f in EXTRAS if (checkpoint / f).is_file()]
@@ -369,19 +251,18 @@ def stage(checkpoint: str | os.PathLike, out: str | os.PathLike, repo_id: str | 
     folder = checkpoint.resolve()
     name = folder.parent.name if folder.name in ("best", "final") else folder.name  # runs/<name>/best
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.staging"  # mkdir: the usual mode
-    tmp.mkdir()
-    try:
-        model.save_pretrained(tmp, model_card_kwargs=dict(results=results, training=training, repo_id=repo_id,
-                                                          name=name, files=files))
-        for f in extras:
-            shutil.copy2(checkpoint / f, tmp / f)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); fails, keeping both, if something appeared there meanwhile
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_path(out) as tmp:  # a temporary folder, renamed onto `out` (absent or emptied) when complete
+        tmp.mkdir()
+        try:
+            model.save_pretrained(tmp, model_card_kwargs=dict(results=results, training=training,
+                                                              repo_id=repo_id, name=name, files=files))
+            for f in extras:
+                shutil.copy2(checkpoint / f, tmp / f)
+            if out.is_dir():
+                out.rmdir()  # empty (checked above); fails, keeping both, if something appeared there meanwhile
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a folder: atomic_path itself removes only files
+            raise
     return [out / f for f in files]
 
 

@@ -44,7 +44,7 @@ WORK_SIDE = 512  # larger images are box-downscaled first; the 105-px page needs
 MIN_WORK_SHORT = 16  # ... but never below this many pixels on the short side (thin strips keep their rows)
 MIN_CONTRAST = 0.15  # darkest ink vs paper, as a fraction of full scale; below this the image is blank
 INK_LEVEL = 0.5  # fraction of the strongest ink that counts as ink (chosen on distorted Omniglot, docs/APP.md)
-# Photos are resized like the image datasets' loader (matchnet.data.images.decode_image) does.
+# Photos are resized like the image datasets' loader (matchnet.data.decode.decode_image) does.
 PHOTO_RESAMPLE = Image.LANCZOS
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]

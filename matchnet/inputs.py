@@ -4,7 +4,7 @@ the library's predict API (matchnet.predict, `train/run.py predict`).
 Shared rules: at least 2 classes, each with a non-empty, distinct name and at least one image; every image is
 read or the whole call is refused with one InputError naming the file and what is wrong (decoding limits,
 MAX_BYTES and MAX_PIXELS, are in matchnet.inference). Folders follow the training data's layout
-(matchnet.data.images): one subfolder per class, image files at any depth, hidden files and other extensions
+(matchnet.data.files): one subfolder per class, image files at any depth, hidden files and other extensions
 ignored. The page's limits (PAGE_LIMITS) cap what one web request may ask for; the library has none.
 """
 from __future__ import annotations
@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .data.files import IMAGE_EXTENSIONS
+from .data.files import image_files as listed
 
 T = TypeVar("T")
 
@@ -123,14 +126,10 @@ def read_all(sources: Iterable[Any], read: Callable[[Any], T], what: str, names:
 # ---------------------------------------------------------------------------------------------- folders
 
 def image_files(folder: Path) -> list[Path]:
-    from .data.images import image_files as listed  # the training data's rule for what an image file is
-
-    return listed(folder)
+    return listed(folder)  # the training data's rule for what an image file is
 
 
 def extensions() -> str:
-    from .data.images import IMAGE_EXTENSIONS
-
     return ", ".join(sorted(IMAGE_EXTENSIONS))
 
 

@@ -3,17 +3,16 @@
 Shapes: every public method takes a batch of E episodes. An episode has S support examples with labels in
 [0, N) and Q queries. Images are float tensors [E, S|Q, C, H, W] scaled to [0, 1] (Omniglot: ink = 1).
 MatchingClassifier is the model over any encoder (sentences: matchnet.language); MatchingNetwork is the
-image model, MatchingClassifier over Conv-4, and the class that checkpoints and the Hub load.
+image model, MatchingClassifier over Conv-4, and the class that checkpoints load. This module imports nothing of
+matchnet: checkpoints (checkpoint.py) and the Hugging Face Hub (hub.py) sit above it and import it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 # Bumped whenever a change would make old checkpoints load into a different function.
@@ -193,16 +192,12 @@ class MatchingClassifier(nn.Module):
         return self.classify(support, features=features[:, s:], check=False)
 
 
-class MatchingNetwork(
-    MatchingClassifier, PyTorchModelHubMixin, library_name="matchnet", license="mit",
-    tags=["few-shot-learning", "one-shot-learning", "matching-networks", "omniglot"],
-    paper_url="https://arxiv.org/abs/1606.04080",
-):
+class MatchingNetwork(MatchingClassifier):
     """The image model: MatchingClassifier over the paper's Conv-4. Images are [E, S|Q, C, H, W] in [0, 1].
 
     The constructor's arguments are exactly the keys of a checkpoint's config.json (checkpoint.model_kwargs).
-    Hugging Face Hub: save_pretrained / from_pretrained / push_to_hub come from PyTorchModelHubMixin; the hooks
-    below route them through checkpoint.py (the folder format) and hub.py (name resolution, the model card).
+    A plain nn.Module: the Hugging Face Hub methods (save_pretrained / from_pretrained / push_to_hub) are
+    matchnet.hub.HubMatchingNetwork's, the class matchnet.load returns.
     """
 
     def __init__(
@@ -235,41 +230,6 @@ class MatchingNetwork(
         self.register_buffer("input_mean", as_buffer(mean), persistent=False)
         self.register_buffer("input_std", as_buffer(std), persistent=False)
         self.channels_last = False
-
-    # -- Hub mixin hooks. Imports are local: checkpoint.py and hub.py import this module.
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        from .checkpoint import save_model  # config.json with matchnet_format, so the mixin writes no other
-
-        save_model(self, save_directory)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
-                        token: str | bool | None = None, cache_dir: str | Path | None = None,
-                        local_files_only: bool = False, revision: str | None = None,
-                        **model_kwargs) -> "MatchingNetwork":
-        """A Hub repo id, a local checkpoint folder or a shipped model's name (matchnet.hub.resolve).
-
-        map_location="cuda" puts the model on a device; the architecture always comes from config.json.
-        """
-        from .hub import resolve  # finds (downloads) the folder and checks config.json before the mixin reads it
-
-        folder = resolve(pretrained_model_name_or_path, revision=revision, token=token, cache_dir=cache_dir,
-                         local_files_only=local_files_only, force_download=force_download)
-        return super().from_pretrained(folder, **model_kwargs)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str | torch.device = "cpu",
-                         **kwargs) -> "MatchingNetwork":
-        from .hub import load_folder
-
-        return load_folder(model_id, map_location, kwargs)
-
-    def generate_model_card(self, *args, **kwargs):
-        """The card (README.md) save_pretrained writes; pass results=/training= via model_card_kwargs."""
-        from .hub import model_card
-
-        return model_card(self, **kwargs)
 
     def use_channels_last(self) -> "MatchingNetwork":
         """NHWC convolutions (faster on tensor-core GPUs); inputs are converted in encode."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import urllib.error
 import zipfile
@@ -199,6 +200,25 @@ def test_corrupt_png_names_the_file(root, user_cache):
         load_omniglot(root, strict=False)
     assert f"{png}: corrupt PNG (not an image" in one_line(info)
     assert not (root / "omniglot-py" / "matchnet_cache_28.safetensors").exists()
+
+
+def test_a_fifo_in_place_of_a_png_is_refused_by_name(root, user_cache):
+    """A FIFO would block read() forever; it is refused at open, naming it (an alarm turns a hang into a fail)."""
+    png = sorted((root / "omniglot-py" / "images_background").rglob("*.png"))[3]
+    png.unlink()
+    os.mkfifo(png)
+
+    def stuck(*_):
+        raise AssertionError("blocked on a FIFO")
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(30)
+    try:
+        with pytest.raises(DatasetNotFoundError) as info:
+            load_omniglot(root, strict=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert f"{png}: not a regular file" in one_line(info)
 
 
 def test_missing_drawing_names_the_character_and_drawer(root, user_cache):

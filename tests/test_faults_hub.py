@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import matchnet
-from matchnet import CheckpointError, MatchingNetwork, hub
+from matchnet import CheckpointError, HubMatchingNetwork, MatchingNetwork, hub
 from matchnet import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_hostile_config_is_refused_before_the_model_is_built(folder, monkeypatch
     def no_loading(*a, **k):
         raise AssertionError("the weights were read although the config does not match them")
     monkeypatch.setattr(ckpt, "load_file", no_loading)
-    for loader in (matchnet.load, MatchingNetwork.from_pretrained, ckpt.load_model):
+    for loader in (matchnet.load, HubMatchingNetwork.from_pretrained, ckpt.load_model):
         with pytest.raises(CheckpointError, match=message) as info:
             loader(folder)
         assert str(folder) in one_line(str(info.value))

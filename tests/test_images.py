@@ -3,10 +3,14 @@ normalisation, RGB checkpoints, and training through the CLI on a synthetic colo
 natural images: matchnet.data.synthetic draws them)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -17,8 +21,10 @@ from PIL import Image
 
 from matchnet.checkpoint import load_model, model_kwargs, save_model
 from matchnet.data import DatasetNotFoundError, load_splits
-from matchnet.data import images as images_mod
-from matchnet.data.images import read_ravi_csv
+from matchnet.data import image_cache
+from matchnet.data.decode import decode_image
+from matchnet.data.fewshot import FewShotSplit
+from matchnet.data.miniimagenet import read_ravi_csv
 from matchnet.data.synthetic import write_synthetic
 from matchnet.model import MatchingNetwork
 
@@ -114,7 +120,7 @@ def test_decoded_once_then_memory_mapped_and_rebuilt_when_a_file_changes(synthet
     def no_decoding(*args):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(images_mod, "decode_image", no_decoding)
+    monkeypatch.setattr(image_cache, "decode_image", no_decoding)
     again = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
     assert torch.equal(first["train"].images, again["train"].images)
     assert mapped_from(again["train"].images, next(root.glob("*.npy")))  # a view of the file, not a copy
@@ -145,10 +151,10 @@ def test_an_unwritable_cache_place_falls_back_to_the_next(synthetic, tmp_path, m
     root = fresh(synthetic["splits"], tmp_path / "data")
     (tmp_path / "a_file").write_text("x")
     places = lambda base, name: [tmp_path / "a_file" / name, tmp_path / "user" / name]  # noqa: E731
-    monkeypatch.setattr(images_mod, "cache_paths", places)
+    monkeypatch.setattr(image_cache, "cache_paths", places)
     first = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
     assert len(list((tmp_path / "user").glob("*.npy"))) == 1 and not list(root.glob("*.npy"))
-    monkeypatch.setattr(images_mod, "decode_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(image_cache, "decode_image", lambda *a: pytest.fail("decoded again"))
     again = load_splits("miniimagenet", "ravi", str(root), image_size=SIZE, **QUIET)
     assert torch.equal(first["test"].images, again["test"].images)
 
@@ -230,6 +236,108 @@ def test_ravis_csvs_without_the_images_name_the_first_missing_file(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DatasetNotFoundError, match="60000 image.*missing.*images/n0153282900000005.jpg"):
         load_splits("miniimagenet", "ravi", str(tmp_path), csv_dir=str(folder))
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 30):
+    """Reading a FIFO blocks forever: this turns such a hang into a failure instead of a stuck suite."""
+    def stuck(*_):
+        raise AssertionError("blocked on a FIFO")
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def fifo_in_place_of(image: Path) -> Path:
+    image.unlink()
+    os.mkfifo(image)
+    return image
+
+
+def test_a_fifo_named_like_an_image_is_never_opened(synthetic, tmp_path, capsys):
+    folder = fresh(synthetic["folder"], tmp_path / "folder")
+    fifo = fifo_in_place_of(sorted((folder / "class_02").iterdir())[3])
+    with no_hang():
+        array, error, _ = decode_image(str(fifo), SIZE, "stretch")
+        assert array is None and "not a regular file" in error
+        s = load_splits("folder", "random", str(folder), image_size=SIZE, proportions=[0.5, 0.25, 0.25], **QUIET)
+    err = capsys.readouterr().err
+    assert "not regular files" in err and str(fifo) in err  # left out, with the line naming it
+    assert s["train"].per_class == 29  # the class lost one image, so every class keeps 29
+    mini = fresh(synthetic["csv"], tmp_path / "mini")
+    listed = fifo_in_place_of(sorted((mini / "images").glob("*.jpg"))[5])
+    with no_hang(), pytest.raises(DatasetNotFoundError, match=f"images/{listed.name} .*not a regular file"):
+        load_splits("miniimagenet", "ravi", str(mini), image_size=SIZE, **QUIET)
+
+
+@pytest.mark.parametrize("case", ["binary", "NUL", "absolute", "climbs out", "windows drive"])
+def test_a_bad_csv_names_the_file_and_the_line(tmp_path, case):
+    rows = {"binary": b"n01532829/a.jpg,n01532829\n\xff\xfe\x81garbage,x\n",
+            "NUL": b"a.jpg,n01532829\nb.jpg,n0\x00\x00\n",
+            "absolute": b"a.jpg,n01532829\n/etc/passwd,n01532829\n",
+            "climbs out": b"a.jpg,n01532829\n../../secret.jpg,n01532829\n",
+            "windows drive": b"a.jpg,n01532829\nC:\\Users\\x.jpg,n01532829\n"}[case]
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"filename,label\n" + rows)
+    with pytest.raises(DatasetNotFoundError) as info:
+        read_ravi_csv(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} line 3: ") and "\n" not in message
+    assert ("binary data" in message) == (case in ("binary", "NUL"))
+
+
+def test_splits_moved_to_a_device_share_one_copy_of_the_images():
+    """FewShotSplit.to copies the dataset tensor once per device, not once per split."""
+    images = torch.randint(0, 256, (6, 4, 3, 8, 8), dtype=torch.uint8)
+    zeros = torch.zeros(3, dtype=torch.long)
+    a = FewShotSplit(images, torch.tensor([0, 1, 2]), zeros, ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3)
+    b = FewShotSplit(images, torch.tensor([3, 4, 5]), zeros, ["d", "e", "f"], (0.5,) * 3, (0.25,) * 3)
+    for device in ["meta"] + (["cuda"] if torch.cuda.is_available() else []):
+        moved_a, moved_b = a.to(device), b.to(device)
+        assert moved_a.images is moved_b.images and moved_a.images.device.type == device
+        assert a.to(device).images is moved_a.images  # moving the same split again copies nothing either
+        assert moved_a.names == a.names and moved_a.mean == a.mean and moved_a.per_class == 4
+        if device != "meta":  # real memory: the same storage, the same bytes
+            assert moved_a.images.data_ptr() == moved_b.images.data_ptr()
+            assert torch.equal(moved_b.images.cpu(), images) and torch.equal(moved_b.source.cpu(), b.source)
+            assert torch.equal(moved_b.class_images(1).cpu(), b.class_images(1))
+        copy = moved_a.images
+        del moved_a, moved_b
+        assert a.to(device).images is copy  # held while a split uses it
+    assert a.to("cpu").images is images  # already there: no copy
+
+
+def _rank_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    """One rank of test_under_torchrun_rank_0_alone_decodes: how many images this rank decoded, what it loaded."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        decoded = []
+        real = image_cache.decode_image
+        image_cache.decode_image = lambda *a: decoded.append(a[0]) or real(*a)
+        s = load_splits("folder", "random", root, image_size=SIZE, proportions=[0.5, 0.25, 0.25], **QUIET)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(
+            {"decoded": len(decoded), "sum": int(s["train"].images.long().sum()), "names": s["test"].names}))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_under_torchrun_rank_0_alone_decodes_and_the_others_read_its_cache(synthetic, tmp_path):
+    root = fresh(synthetic["folder"], tmp_path / "folder")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_worker, args=(2, port, str(root), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["decoded"] == 600 and r1["decoded"] == 0  # 20 classes x 30 images, decoded once in all
+    assert r0["sum"] == r1["sum"] and r0["names"] == r1["names"]
+    assert len(list(root.glob("matchnet_cache_folder_*.npy"))) == 1
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary file left by either rank
 
 
 # -- the model and its checkpoints ----------------------------------------------------------------------------

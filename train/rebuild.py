@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from matchnet.atomic import write_text, write_with
 from matchnet.checkpoint import CONFIG, WEIGHTS
 from matchnet.data import load_splits
 from matchnet.results import write_results_md
@@ -198,9 +198,7 @@ class State:
             self.data.pop(job.name, None)
         self.data.setdefault(job.name, {}).update(sha=job.sha, done=job.done, **extra)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable[..., dict],
@@ -211,7 +209,7 @@ def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable
     result["checkpoint"] = f"assets/{job.name}"  # where it ships
     result["command"] = (f"python train/run.py eval --checkpoint assets/{job.name} --device {dev.type} "
                          f"--episodes {episodes} --seed 0")
-    (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(run_dir / "results.json", json.dumps(result, indent=2) + "\n")
     way, shot = cfg.val_tasks[0]
     training = {
         "dataset": cfg.dataset, "split": cfg.split, "trained_on": f"{hardware(dev)} (torch {torch.__version__})",
@@ -220,7 +218,7 @@ def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable
         "selected": f"best {way}-way {shot}-shot validation accuracy (checked every {cfg.val_every} steps)",
         "train_config": json.loads((run_dir / "train_config.json").read_text()),
     }
-    (run_dir / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+    write_text(run_dir / "training.json", json.dumps(training, indent=2) + "\n")
 
 
 def ship(run_dir: Path, assets: Path) -> None:
@@ -229,6 +227,4 @@ def ship(run_dir: Path, assets: Path) -> None:
     for src, dst in [(run_dir / "best" / CONFIG, CONFIG), (run_dir / "best" / WEIGHTS, WEIGHTS),
                      (run_dir / "results.json", "results.json"), (run_dir / "training.json", "training.json"),
                      (run_dir / "log.jsonl", "training_log.jsonl")]:
-        tmp = assets / (dst + ".tmp")
-        shutil.copy2(src, tmp)
-        os.replace(tmp, assets / dst)
+        write_with(assets / dst, lambda tmp, src=src: shutil.copy2(src, tmp))

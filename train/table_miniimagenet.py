@@ -4,7 +4,7 @@
     python train/run.py table miniimagenet --device cuda [--data-root DIR] [--episodes 1000] [--seed 0]
 
 miniImageNet must be under DIR (Ravi & Larochelle's images/ + CSVs, or {train,val,test}/<wnid>/ folders; see
-matchnet/data/images.py). Trains what is missing into runs/ (resumable): the baseline classifier, and each
+matchnet/data/miniimagenet.py). Trains what is missing into runs/ (resumable): the baseline classifier, and each
 Matching Network (1-shot and 5-shot, +/- FCE) once per candidate softmax scale, keeping the scale with the best
 validation accuracy; fine-tuning settings are chosen on validation too. Writes docs/results/miniimagenet_table.md
 (+ .json). Options the command line does not carry are environment variables:
@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from matchnet.atomic import write_text
 from matchnet.baselines import (ClassifierConfig, FinetuneConfig, class_features, config_from_toml,
                                 evaluate_features, finetune_predictor, load_encoder, nearest_neighbour,
                                 pixel_features, select_on_validation, split_encoder, train_classifier)
@@ -111,6 +112,8 @@ class Table:
         self.splits = load_splits("miniimagenet", "ravi", self.data_root, **self.data_options)
         train_split = self.splits["train"]
         self.normalize = Normalize(train_split.mean, train_split.std).to(self.device)
+        # FewShotSplit.to copies the dataset tensor (1.27 GB) to the device once: these two, and the train split
+        # the trainers move later, share that one copy
         self.test = self.splits["test"].to(self.device)
         self.val = self.splits["val"].to(self.device)
         self.tables: dict[str, torch.Tensor] = {}
@@ -133,7 +136,7 @@ class Table:
         if not finished(run_dir):
             print(f"training {cfg.name} on {self.hardware} ({cfg.steps} steps) -> {run_dir}", flush=True)
             summary = train_classifier(cfg, self.splits, run_dir, self.device)
-            (run_dir / "training.json").write_text(json.dumps(
+            write_text(run_dir / "training.json", json.dumps(
                 {"model": cfg.name, "hardware": self.hardware, "torch": torch.__version__, "command": self.command,
                  "train_seconds": summary["seconds"], "best_val": summary["best_val"], "steps_done": summary["steps"],
                  "data_options": self.data_options, "recipe": vars(cfg)}, indent=2) + "\n")
@@ -264,7 +267,7 @@ def write_markdown(rows: list[dict], path: Path) -> Path:
     if not rows:
         lines += [f"**{NOT_MEASURED[0].upper() + NOT_MEASURED[1:]}.** miniImageNet's images are not on the "
                   "machines this project was built on (only Ravi's split CSVs are); no row below was measured. "
-                  "With the images in `data/miniimagenet/` (layouts: `matchnet/data/images.py`), on a GPU:", "",
+                  "With the images in `data/miniimagenet/` (layouts: `matchnet/data/miniimagenet.py`), on a GPU:", "",
                   "```bash", "python train/run.py table miniimagenet --device cuda --data-root data --episodes 1000",
                   "```", ""]
     lines += ["| Model | Matching Fn | Fine Tune | 5-way 1-shot | 5-way 5-shot |", "|---|---|---|---:|---:|"]
@@ -284,7 +287,7 @@ def write_markdown(rows: list[dict], path: Path) -> Path:
                                                       for k, c in r["chosen"].items())
             lines.append(f"- `{r['row']}`: `{r['command']}` on {r['hardware']}, {r['episodes']} episodes per column, "
                          f"seed {r['seed']}, {r['seconds']:.0f} s{extra}")
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

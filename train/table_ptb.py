@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script too
 
+from matchnet.atomic import write_text  # noqa: E402
 from matchnet.language.episodes import SentencePool, build_pool  # noqa: E402
 from matchnet.language.oracle import LMConfig, load_lm, oracle_predictor, perplexity, stream, train_lm  # noqa: E402
 from matchnet.language.stats import half_width, query_outcomes, summary, word_share  # noqa: E402
@@ -86,11 +86,9 @@ def data(data_root: str) -> tuple[PTB, WordSplit, dict[str, SentencePool]]:
 
 
 def write_json(path: Path, value: dict) -> None:
-    """Write via a temporary file, so a reader (another row's process) never sees half a record."""
+    """Write through matchnet.atomic, so a reader (another row's process) never sees half a record."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def data_record(ptb: PTB, split: WordSplit, pools: dict[str, SentencePool]) -> dict:
@@ -212,7 +210,7 @@ def boot(c: dict) -> str:
 def render_records() -> Path:
     info, rows, oracle, missing = load_records()
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(render(info, rows, oracle, missing))
+    write_text(OUT, render(info, rows, oracle, missing))
     print(f"wrote {OUT}")
     return OUT
 

@@ -6,7 +6,8 @@
   mann.py        Santoro et al.'s memory-augmented network (LSTM + least-recently-used-access memory)
   finetune.py    fine-tuning on the support set only, batched across episodes
   features.py    evaluation on features computed once per image (the same episodes as matchnet.evaluate)
-  store.py       their checkpoints; they train through matchnet.engine and read configs with matchnet.config
+  store.py       their checkpoints (encoders.py: the Conv-4 encoders alone); they train through matchnet.engine
+                 and read configs with matchnet.config
 """
 from .classifier import BaselineClassifier, ClassifierConfig, train_classifier
 from ..config import config_from_dict, config_from_toml
@@ -16,7 +17,7 @@ from .finetune import FinetuneConfig, finetune_episodes, finetune_predictor, sel
 from .mann import MANN, MANNConfig, load_mann, lrua_step, mann_predictor, train_mann
 from .pixels import pixel_features, pixels_predictor
 from .siamese import SiameseConfig, SiameseNet, train_siamese
-from .store import load_encoder
+from .encoders import load_encoder
 
 __all__ = [
     "BaselineClassifier", "ClassifierConfig", "FeatureEpisodes", "FeaturePredictor", "FinetuneConfig", "MANN",

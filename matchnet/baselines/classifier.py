@@ -15,7 +15,7 @@ from ..data.fewshot import FewShotSplit
 from ..engine import FunctionTask, fit
 from ..model import Conv4
 from .features import images_of, validate_nearest_neighbour
-from .store import save_encoder
+from .encoders import save_encoder
 
 
 @dataclass

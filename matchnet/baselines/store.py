@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import write_text, write_with
+
 FORMAT = 1
 
 
@@ -24,12 +26,8 @@ def save_weights(module: nn.Module, folder: str | os.PathLike, kind: str, config
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {"matchnet_baseline": FORMAT, "kind": kind, "config": config, **({"info": info} if info else {})}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, folder / "model.safetensors")
-    tmp = folder / "config.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, folder / "config.json")
+    write_with(folder / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    write_text(folder / "config.json", json.dumps(meta, indent=2) + "\n")
     return folder
 
 
@@ -55,29 +53,3 @@ def load_weights(module: nn.Module, folder: str | os.PathLike, kind: str,
 
 def folder_size(folder: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
-
-
-# -- Conv-4 encoders (the baseline classifier's and the siamese net's features) ---------------------------------
-
-ENCODER = "conv4-encoder"
-
-
-def save_encoder(encoder: nn.Module, folder: str | os.PathLike, info: dict[str, Any]) -> Path:
-    """A Conv4 (matchnet.model) alone: the part of a baseline that the table's matching uses."""
-    config = {"in_channels": encoder.net[0][0].in_channels, "hidden": encoder.net[0][0].out_channels,
-              "layers": len(encoder.net), "image_size": getattr(encoder, "image_size", 28)}
-    return save_weights(encoder, folder, ENCODER, config, info)
-
-
-def load_encoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The Conv4 of an encoder checkpoint, or of a whole siamese net's."""
-    from ..model import Conv4
-
-    meta = read_meta(folder)
-    if meta["kind"] == "siamese":
-        from .siamese import load_siamese
-
-        return load_siamese(folder, device).encoder
-    cfg = meta["config"]
-    encoder = Conv4(cfg["in_channels"], cfg["hidden"], cfg["layers"], cfg["image_size"])
-    return load_weights(encoder, folder, ENCODER, device)

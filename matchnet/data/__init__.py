@@ -1,12 +1,24 @@
-"""Datasets as one tensor each, and the class lists of their few-shot splits."""
+"""Datasets as one tensor each, and the class lists of their few-shot splits.
+
+  fewshot.py       FewShotSplit: one dataset tensor and the classes a split may use
+  omniglot.py      Omniglot (download, read, the vinyals / lake / lake-alphabets splits); mnist.py: MNIST's test set
+  miniimagenet.py  miniImageNet's two layouts; folder.py: any ROOT/<class>/*.jpg folder
+  classes.py       classes of image files -> one grid of images -> splits with the training classes' mean/std
+  image_cache.py   decode once (rank 0 under torchrun) into a memory-mapped .npy; decode.py: one image file
+  files.py         which files are images, opened only if regular; options.py: the image datasets' data options
+  cache.py         the safetensors cache keyed on the source files; synthetic.py: coloured test images
+
+Nothing here imports the rest of matchnet but matchnet.atomic: data is the bottom of the flow.
+"""
 from typing import Any
 
 from .fewshot import FewShotSplit
+from .files import DatasetNotFoundError
 from .mnist import load_mnist
-from .omniglot import DatasetNotFoundError, Omniglot, load_omniglot, omniglot_splits
+from .omniglot import Omniglot, alphabet_splits, load_omniglot, omniglot_splits
 
-__all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "load_mnist", "load_omniglot",
-           "load_splits", "omniglot_splits"]
+__all__ = ["FewShotSplit", "DatasetNotFoundError", "DATASETS", "Omniglot", "alphabet_splits", "load_mnist",
+           "load_omniglot", "load_splits", "omniglot_splits"]
 
 DATASETS = ("omniglot", "miniimagenet", "folder")
 OMNIGLOT_OPTIONS = {"image_size": int}
@@ -32,12 +44,14 @@ def load_splits(dataset: str, split: str, root: str, download: bool = False,
             if not isinstance(value, OMNIGLOT_OPTIONS[key]) or isinstance(value, bool):
                 raise ValueError(f"data option {key} should be {OMNIGLOT_OPTIONS[key].__name__}, got {value!r}")
         if split == "lake-alphabets":  # Lake's protocol with 5 background alphabets held out for validation
-            from ..alphabets import alphabet_splits
-
             return alphabet_splits(load_omniglot(root, download=download, **options))
         return omniglot_splits(load_omniglot(root, download=download, **options), split)
-    if dataset in ("miniimagenet", "folder"):
-        from .images import LOADERS  # PIL decoding and multiprocessing: only imported when used
+    if dataset == "miniimagenet":  # PIL decoding and multiprocessing: only imported when used
+        from .miniimagenet import load_miniimagenet
 
-        return LOADERS[dataset](root, split, download, **options)
+        return load_miniimagenet(root, split, download, **options)
+    if dataset == "folder":
+        from .folder import load_image_folder
+
+        return load_image_folder(root, split, download, **options)
     raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -5,8 +5,8 @@ The cache is derived data, valid only for the source files it was made from:
 
 - keyed on the source listing (each file's name, size and modification time, `listing_key`), so a file replaced
   or corrupted after caching makes the cache stale and it is rebuilt, never trusted by its path alone;
-- written atomically (a temporary file in the same folder, fsync, os.replace), so a crash or a full disk never
-  leaves half a cache that a later run would read;
+- written through matchnet.atomic (a temporary file in the same folder, fsync, rename), so a crash or a full disk
+  never leaves half a cache that a later run would read;
 - readable by others (0644 less the umask: safetensors alone writes 0600), so users sharing a data folder share
   its cache instead of failing to read it;
 - beside the data when that folder is writable, else in $MATCHNET_CACHE or ~/.cache/matchnet (a read-only or
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from ..atomic import write_with
 
 ENV = "MATCHNET_CACHE"  # where caches go when the data folder cannot take them
 _META = "matchnet_cache"  # the safetensors metadata entry holding {"key": ..., "meta": ...}
@@ -109,20 +110,12 @@ def save_cached(root: str | os.PathLike, name: str, key: str,
 
 def _atomic_save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # same folder, so os.replace is atomic; pid + random: concurrent writers (processes or threads) never collide
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; a shared data folder needs others to read
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the bytes are on disk before the name points at them
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), mode=readable_mode())
+
+
+def readable_mode() -> int:
+    """0666 less the umask: safetensors and memory maps create 0600, and a shared data folder needs others to read."""
+    return 0o666 & ~_umask()
 
 
 def _umask() -> int:

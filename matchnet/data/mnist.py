@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .fewshot import FewShotSplit
-from .omniglot import DatasetNotFoundError
+from .files import DatasetNotFoundError
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 # idx type codes (the third byte of the magic number) -> big-endian numpy dtypes

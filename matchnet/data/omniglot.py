@@ -10,6 +10,7 @@ it checks the zips' md5 and rejects re-encoded copies with identical pixels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import io
 import os
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from ..atomic import atomic_path
 from .cache import listing_key, load_cached, save_cached
 from .fewshot import FewShotSplit
+from .files import CorruptDataError, DatasetNotFoundError, NotRegularFileError, read_regular
 
 PARTS = ("images_background", "images_evaluation")
 COUNTS = {"images_background": 964, "images_evaluation": 659}
@@ -46,16 +50,6 @@ LAYOUT_HELP = (
     "images_evaluation.zip in ROOT/omniglot-py/). Unzip brendenlake/omniglot's python/*.zip there, or pass "
     "download=True (on the command line: --set download=true) to fetch them."
 )
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The data folder is missing or incomplete; the message names the expected layout."""
-
-
-class CorruptDataError(DatasetNotFoundError):
-    """A data file exists but cannot be read (truncated zip, corrupt image); the message names the file and the fix.
-
-    A DatasetNotFoundError, so every caller that reports missing data reports this too."""
 
 
 @dataclass
@@ -81,8 +75,9 @@ def omniglot_dir(root: str | os.PathLike) -> Path:
 def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> None:
     """Fetch the missing zips from brendenlake/omniglot (the canonical source) into ROOT/omniglot-py/.
 
-    Each zip is streamed to a .part file, checked to be a zip, then renamed: a failed or interrupted download
-    leaves nothing behind (not even the folders it created) and raises DatasetNotFoundError in one line."""
+    Each zip is streamed to a temporary file (matchnet.atomic), checked to be a zip, then renamed: a failed or
+    interrupted download leaves nothing behind (not even the folders it created) and raises DatasetNotFoundError
+    in one line."""
     folder = omniglot_dir(root)
     needed = [p for p in PARTS if not (folder / f"{p}.zip").exists() and not (folder / p).is_dir()]
     if not needed:
@@ -100,14 +95,13 @@ def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> No
 
 
 def _fetch(url: str, target: Path, timeout: float) -> None:
-    tmp = target.with_name(target.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-        if not zipfile.is_zipfile(tmp):
-            raise CorruptDataError(f"{url}: the download is not a zip archive; download it by hand into "
-                                   f"{target.parent}")
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:  # removed on any failure; renamed onto target only once it is a zip
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+            if not zipfile.is_zipfile(tmp):
+                raise CorruptDataError(f"{url}: the download is not a zip archive; download it by hand into "
+                                       f"{target.parent}")
     except DatasetNotFoundError:
         raise
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # TimeoutError is an OSError
@@ -116,8 +110,6 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
             f"could not download {url} ({type(e).__name__}: {reason[0][:200]}); without network, copy "
             f"images_background.zip and images_evaluation.zip from brendenlake/omniglot (python/) into "
             f"{target.parent} by hand") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
@@ -133,7 +125,8 @@ def _sources(folder: Path, part: str) -> list[Path]:
 def _entries(folder: Path, part: str) -> Iterator[dict[tuple[str, str, str], tuple[str, Callable[[], bytes]]]]:
     """(alphabet, character, file stem) -> (the file's name for messages, a function returning its bytes)."""
     if (folder / part).is_dir():
-        yield {(p.parent.parent.name, p.parent.name, p.stem): (str(p), p.read_bytes) for p in _sources(folder, part)}
+        yield {(p.parent.parent.name, p.parent.name, p.stem): (str(p), functools.partial(read_regular, p))
+               for p in _sources(folder, part)}
         return
     path = folder / f"{part}.zip"
     if not path.is_file():
@@ -171,6 +164,9 @@ def _to_array(png: bytes, size: int, label: str = "image") -> np.ndarray:
 def _read_bytes(label: str, read: Callable[[], bytes]) -> bytes:
     try:
         return read()
+    except NotRegularFileError:  # a FIFO in a PNG's place would block read() forever: refused, never waited on
+        raise CorruptDataError(f"{label}: not a regular file (a FIFO, device or socket); replace it with the PNG "
+                               "from brendenlake/omniglot") from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged member: bad CRC, short data
         raise CorruptDataError(f"{label}: unreadable ({type(e).__name__}: {e}); the zip is damaged: delete it "
                                "and download it again (--set download=true)") from None
@@ -198,8 +194,8 @@ def _read(folder: Path, size: int, strict: bool) -> Omniglot:
     for part in PARTS:
         with _entries(folder, part) as entries:
             chars: dict[str, list] = {}
-            for (alphabet, character, stem), (label, read) in entries.items():
-                chars.setdefault(f"{alphabet}/{character}", []).append((stem, (label, read)))
+            for (alpha, character, stem), (label, read) in entries.items():
+                chars.setdefault(f"{alpha}/{character}", []).append((stem, (label, read)))
             if (len(chars) != COUNTS[part]) if strict else not chars:
                 found = f"{len(chars)} characters" if chars else "nothing"
                 raise DatasetNotFoundError(
@@ -294,3 +290,45 @@ def omniglot_splits(data: Omniglot, split: str = "vinyals") -> dict[str, FewShot
             "test": make(evaluation, [0] * len(evaluation), [f"{data.names[i]}/rot000" for i in evaluation]),
         }
     raise ValueError(f"unknown Omniglot split {split!r}; choose 'vinyals' or 'lake'")
+
+
+# -- Lake's protocol with whole alphabets held out (matchnet.alphabets draws its episodes) -----------------------
+
+# Lake et al.'s benchmark: 20-way 1-shot, one query per class (the query drawer's drawing of each character).
+LAKE_WAY = 20
+
+
+def alphabet(name: str) -> str:
+    """The alphabet of a class name "Alphabet/characterNN[/rotDDD]"."""
+    return name.split("/", 1)[0]
+
+
+def alphabet_splits(data: Omniglot, val_alphabets: int = 5, seed: int = 0,
+                    min_characters: int = LAKE_WAY) -> dict[str, FewShotSplit]:
+    """Lake's protocol with whole alphabets held out for choosing: `val_alphabets` of the images_background
+    alphabets that have >= `min_characters` characters, drawn with `seed`, are validation (upright characters,
+    as the test); the other background alphabets train (x4 rotations, as the lake split). trainval (all of
+    images_background x4) and test (images_evaluation, upright) are the lake split's."""
+    back = [i for i in range(len(data.names)) if data.background[i]]
+    counts = Counter(alphabet(data.names[i]) for i in back)
+    candidates = sorted(a for a, n in counts.items() if n >= min_characters)
+    if val_alphabets > len(candidates) or val_alphabets < 1:
+        raise ValueError(f"val_alphabets must be 1..{len(candidates)} (background alphabets with "
+                         f">= {min_characters} characters), got {val_alphabets}")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {candidates[i] for i in order[:val_alphabets]}
+    train = [i for i in back if alphabet(data.names[i]) not in held]
+    val = [i for i in back if alphabet(data.names[i]) in held]
+    evaluation = [i for i in range(len(data.names)) if not data.background[i]]
+
+    def make(src, rot, names):
+        return FewShotSplit(data.images, torch.tensor(src), torch.tensor(rot), names)
+
+    def as_drawn(indices):
+        return make(indices, [0] * len(indices), [f"{data.names[i]}/rot000" for i in indices])
+
+    def rotated(indices):  # each character at 0/90/180/270 degrees, as four classes
+        return make([i for i in indices for _ in range(4)], [r for _ in indices for r in range(4)],
+                    [f"{data.names[i]}/rot{90 * r:03d}" for i in indices for r in range(4)])
+
+    return {"train": rotated(train), "val": as_drawn(val), "trainval": rotated(back), "test": as_drawn(evaluation)}

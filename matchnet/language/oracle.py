@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic import write_text, write_with
 from ..episodes import Episodes
 from .vocab import BLANK_ID, PAD_ID
 
@@ -167,7 +168,8 @@ def train_lm(cfg: LMConfig, vocab_size: int, train_tokens: torch.Tensor, valid_t
         record = {"epoch": epoch + 1, "lr": lr, "train_ppl": math.exp(nll / count),
                   "valid_ppl": perplexity(lm, valid_tokens), "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(record), flush=True)
-        save_file({k: v.cpu().contiguous() for k, v in lm.state_dict().items()}, str(last))
+        state = {k: v.cpu().contiguous() for k, v in lm.state_dict().items()}
+        write_with(last, lambda p: save_file(state, p))
         with log.open("a") as f:
             f.write(json.dumps(record) + "\n")
     save_lm(lm, cfg, vocab_size, run_dir)
@@ -176,8 +178,9 @@ def train_lm(cfg: LMConfig, vocab_size: int, train_tokens: torch.Tensor, valid_t
 
 def save_lm(lm: LSTMLanguageModel, cfg: LMConfig, vocab_size: int, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.cpu().contiguous() for k, v in lm.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "lm_config.json").write_text(json.dumps({**asdict(cfg), "vocab_size": vocab_size}, indent=2) + "\n")
+    state = {k: v.cpu().contiguous() for k, v in lm.state_dict().items()}
+    write_with(folder / "model.safetensors", lambda p: save_file(state, p))
+    write_text(folder / "lm_config.json", json.dumps({**asdict(cfg), "vocab_size": vocab_size}, indent=2) + "\n")
 
 
 def load_lm(folder: Path, device: torch.device | str = "cpu") -> tuple[LSTMLanguageModel, LMConfig]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_text, write_with
 from ..config import check_positive, config_from_dict, config_from_toml
 from ..engine import FunctionTask, fit
 from ..episodes import Episodes
@@ -101,8 +102,8 @@ def to_device(ep: Episodes, device: torch.device | str) -> Episodes:
 def save(model: MatchingClassifier, cfg: SentenceConfig, vocab_size: int, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**asdict(cfg), "vocab_size": vocab_size}, indent=2) + "\n")
+    write_with(folder / "model.safetensors", lambda p: save_file(state, p))  # each file whole or not at all
+    write_text(folder / "config.json", json.dumps({**asdict(cfg), "vocab_size": vocab_size}, indent=2) + "\n")
 
 
 def load(folder: Path) -> tuple[MatchingClassifier, SentenceConfig]:
