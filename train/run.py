@@ -348,7 +348,13 @@ def _on_sigterm_raise():
     if threading.current_thread() is not threading.main_thread():
         return None
 
+    owner = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (data decoding) inherited this: end as SIGTERM would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise Terminated()
     return signal.signal(signal.SIGTERM, handler)
 
