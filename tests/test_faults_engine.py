@@ -130,6 +130,45 @@ def test_a_resume_point_holding_nan_is_refused(tmp_path, part):
     assert snapshot(cfg.run_dir) == before
 
 
+def diverging_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a 2-process run with lr = 1e30 (spawned): records the error it stopped with."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from matchnet.engine import close_distributed, init_distributed
+
+    init_distributed("cpu")
+    try:
+        train(config(Path(out) / "run", 10, lr=1e30, checkpoint_every=1, val_every=1), splits=glyph_splits())
+        message = "finished"
+    except TrainingError as e:
+        message = str(e)
+    finally:
+        close_distributed()
+    (Path(out) / f"rank{rank}.txt").write_text(message)
+
+
+def test_two_ranks_stop_together_when_the_run_diverges(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.start_processes(diverging_rank, args=(2, port, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.time() + 120
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:  # a rank left waiting in a collective: the bug this test is for
+            for p in ctx.processes:
+                p.kill()
+            raise AssertionError("a rank did not stop")
+    for rank in (0, 1):
+        assert "training diverged" in (tmp_path / f"rank{rank}.txt").read_text()
+    tensors, _ = load_state(tmp_path / "run" / "last.safetensors")
+    assert all_finite(tensors) and not (tmp_path / "run" / "final").exists()
+
+
 # -- 2. the run record without its resume point ---------------------------------------------------------------
 
 @pytest.mark.parametrize("loss", ["deleted", "dangling symlink"])
