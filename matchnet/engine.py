@@ -305,7 +305,7 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
             if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end or validate_now or \
                     stopped:  # before anything is logged or written: a NaN never reaches a file
-                _check_finite(step, bad_step, model, opt, dist, last_good, cfg)
+                _check_finite(step, bad_step, model, opt, dist, last_good, cfg, bar)
             if main and (step % cfg.log_every == 0 or step == end or validate_now or stopped):
                 entry = {"step": step, "steps_averaged": [step - since + 1, step],
                          "loss": loss_sum.item() / since, "train_acc": 100 * acc_sum.item() / since,
@@ -377,7 +377,7 @@ def _agree_stop(signum: int | None, out_of_time: bool, dist: Dist,
 
 
 def _check_finite(step: int, bad_step: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist,
-                  last_good: tuple[int, float] | None, cfg: Any) -> None:
+                  last_good: tuple[int, float] | None, cfg: Any, bar: tqdm) -> None:
     """Stop a diverged run before it logs or writes anything: a step whose loss was not finite (flagged on the
     device every step, so no host sync per step), or weights or Adam moments that are not (what a non-finite
     gradient leaves behind: Adam's moments take the gradient in). One host sync, at steps that sync anyway."""
@@ -400,6 +400,7 @@ def _check_finite(step: int, bad_step: torch.Tensor, model: nn.Module, opt: torc
         tries.append(f"grad_clip (now {cfg.grad_clip:g}, e.g. --set grad_clip=1.0)")
     elif hasattr(cfg, "warmup_steps"):
         tries.append(f"a warm-up (warmup_steps, now {cfg.warmup_steps})")
+    bar.close()  # the error line starts on a line of its own
     raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
                         f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .atomic import clean_partials, temp_path
+from .checkpoint import CheckpointError, check_finite
 
 try:
     import fcntl
@@ -203,11 +204,10 @@ def read_log(log: Path, upto: int) -> list[dict]:
 
 def check_finite_state(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """A resume point whose weights or optimizer state hold NaN or Inf would train NaN steps: refuse it."""
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise TrainingError(f"{path}: tensor {name} holds {bad} NaN or infinite value(s): the run had "
-                                "diverged when it was written; pass --restart to start over (with a lower lr)")
+    try:
+        check_finite(tensors, path)
+    except CheckpointError as e:
+        raise TrainingError(f"{e}; pass --restart to start over (with a lower lr)") from None
 
 
 def last_finite_loss(history: list[dict]) -> tuple[int, float] | None:

@@ -120,9 +120,10 @@ class TrainConfig:
         with torch.device("meta"):  # the architecture without memory, as checkpoints are checked
             params = sum(p.numel() for p in self.model().parameters())
         if params > MAX_PARAMETERS:
-            raise ValueError(f"hidden = {self.hidden} gives a model of {params:,} parameters ({16 * params / 1e9:,.0f} "
-                             f"GB with gradients and Adam's state); at most {MAX_PARAMETERS:,} are accepted (the "
-                             "shipped models have about 10^5): choose a smaller hidden")
+            raise ValueError(f"hidden = {self.hidden} gives a model of {params:,} parameters "
+                             f"({16 * params / 1e9:,.0f} GB with gradients and Adam's state); at most "
+                             f"{MAX_PARAMETERS:,} are accepted (the shipped models have about 10^5): choose a "
+                             "smaller hidden")
         if not 0.0 <= self.within_alphabet <= 1.0:
             raise ValueError(f"within_alphabet is a fraction of episodes, 0 to 1, got {self.within_alphabet}")
         if (self.within_alphabet > 0 or self.val_protocol != "standard" or self.preprocess != "none") and \
