@@ -163,7 +163,7 @@ def prepare_run_dir(run_dir: Path, fresh: bool, settings: dict[str, Any] | None 
     Call with the folder's RunLock held."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = temp_path(run_dir / "write-test")  # the partial-file pattern: a kill here leaves nothing
+        probe = temp_path(run_dir / "write-test")  # the partial-file pattern: the next start removes it
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
