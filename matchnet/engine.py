@@ -351,31 +351,6 @@ def _append(log: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _guard_write(path: Path, write: Callable[[], Any]) -> None:
-    """A full disk or a folder that became unwritable is a one-line TrainingError naming the file."""
-    try:
-        write()
-    except (OSError, SafetensorError) as e:
-        raise TrainingError(f"cannot write {path} ({getattr(e, 'strerror', None) or e}); free some disk space "
-                            "or set out_dir to another folder, then run the same command to resume") from None
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.enabled:
-        tdist.barrier()
-
-
-def _agree_stop(signum: int | None, out_of_time: bool, dist: Dist,
-                device: torch.device) -> tuple[int | None, bool]:
-    """Every rank stops at the same step if any rank was signalled (torchrun signals them all) or ran out of
-    time (clocks differ a little between processes)."""
-    if not dist.enabled:
-        return signum, out_of_time
-    flags = torch.tensor([signum or 0, int(out_of_time)], device=device if device.type == "cuda" else "cpu")
-    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-    return int(flags[0]) or None, bool(flags[1])
-
-
 def _check_finite(step: int, bad_step: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist,
                   last_good: tuple[int, float] | None, cfg: Any, bar: tqdm) -> None:
     """Stop a diverged run before it logs or writes anything: a step whose loss was not finite (flagged on the
@@ -403,6 +378,31 @@ def _check_finite(step: int, bad_step: torch.Tensor, model: nn.Module, opt: torc
     bar.close()  # the error line starts on a line of its own
     raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
                         f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
+
+
+def _guard_write(path: Path, write: Callable[[], Any]) -> None:
+    """A full disk or a folder that became unwritable is a one-line TrainingError naming the file."""
+    try:
+        write()
+    except (OSError, SafetensorError) as e:
+        raise TrainingError(f"cannot write {path} ({getattr(e, 'strerror', None) or e}); free some disk space "
+                            "or set out_dir to another folder, then run the same command to resume") from None
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.enabled:
+        tdist.barrier()
+
+
+def _agree_stop(signum: int | None, out_of_time: bool, dist: Dist,
+                device: torch.device) -> tuple[int | None, bool]:
+    """Every rank stops at the same step if any rank was signalled (torchrun signals them all) or ran out of
+    time (clocks differ a little between processes)."""
+    if not dist.enabled:
+        return signum, out_of_time
+    flags = torch.tensor([signum or 0, int(out_of_time)], device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+    return int(flags[0]) or None, bool(flags[1])
 
 
 def _gather_rng(generators: list[torch.Generator], dist: Dist) -> dict[str, torch.Tensor]:
