@@ -241,10 +241,10 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
     step, best, elapsed = 0, -math.inf, 0.0
     if resuming:
         step, best, elapsed = _resume(last, model, opt, task.generators, dist)
-    last_good = None  # (step, loss) of the last finite loss logged: the divergence message quotes it
+    guard = FiniteGuard(device)
     if main:
         history = read_log(log, step)
-        last_good = last_finite_loss(history)
+        guard.last_good = last_finite_loss(history)
         _guard_write(run_dir / "train_config.json", lambda: atomic.write_text(
             run_dir / "train_config.json", json.dumps(settings, indent=2) + "\n"))
         _guard_write(log, lambda: atomic.write_text(log, "".join(json.dumps(r) + "\n" for r in history)))
@@ -263,7 +263,6 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
     limit = float(getattr(cfg, "time_limit", 0.0))
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     loss_sum = torch.zeros((), device=device)
-    bad_step = torch.zeros((), dtype=torch.long, device=device)  # the first step whose loss was not finite
     acc_sum = torch.zeros((), device=device)
     since, first_step = 0, step + 1
     out_of_time, stopped = False, None
@@ -290,11 +289,11 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
                 loss, acc = task.loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            finite = torch.isfinite(loss.detach())
+            norm = None
             if grad_clip > 0:
-                finite &= torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+                norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            bad_step.masked_fill_(~finite & (bad_step == 0), step + 1)  # on the device: no host sync per step
+            guard.step(step + 1, loss, norm)
             loss_sum += loss.detach().float()  # summed on the device: no host sync per step
             acc_sum += acc.detach().float()
             since += 1
@@ -305,7 +304,7 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
             if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end or validate_now or \
                     stopped:  # before anything is logged or written: a NaN never reaches a file
-                _check_finite(step, bad_step, model, opt, dist, last_good, cfg, bar)
+                guard.check(step, model, opt, dist, cfg, bar)
             if main and (step % cfg.log_every == 0 or step == end or validate_now or stopped):
                 entry = {"step": step, "steps_averaged": [step - since + 1, step],
                          "loss": loss_sum.item() / since, "train_acc": 100 * acc_sum.item() / since,
@@ -322,7 +321,7 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
                         best = first
                         _guard_write(run_dir / "best", lambda: task.save(model, run_dir / "best"))
                 entry["time"] = round(time.perf_counter() - t0, 2)
-                last_good = (step, entry["loss"])
+                guard.last_good = (step, entry["loss"])
                 _guard_write(log, lambda: _append(log, entry))
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", best_val=f"{best:.2f}")
             if step % cfg.checkpoint_every == 0 or step == end or out_of_time or stopped:
@@ -351,33 +350,47 @@ def _append(log: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _check_finite(step: int, bad_step: torch.Tensor, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist,
-                  last_good: tuple[int, float] | None, cfg: Any, bar: tqdm) -> None:
-    """Stop a diverged run before it logs or writes anything: a step whose loss was not finite (flagged on the
-    device every step, so no host sync per step), or weights or Adam moments that are not (what a non-finite
-    gradient leaves behind: Adam's moments take the gradient in). One host sync, at steps that sync anyway."""
-    state = [p.detach() for p in model.parameters()] + [
-        v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
-    broken = torch.stack([~torch.isfinite(t).all() for t in state]).any().to(bad_step.device)
-    flags = torch.stack([bad_step, broken.long()])
-    if dist.enabled:  # every rank stops at the same step
-        flags = flags.to(bad_step.device if bad_step.device.type == "cuda" else "cpu")
-        tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-    first, broken_state = (int(x) for x in flags.tolist())
-    if not first and not broken_state:
-        return
-    what = (f"the loss of step {first} is not finite" if first else
-            f"by step {step} the weights or the optimizer state are not finite (a gradient that was not)")
-    good = (f"the last finite loss was {last_good[1]:.4g} (logged at step {last_good[0]})" if last_good
-            else "no finite loss was logged before")
-    tries = [f"a lower lr (now {cfg.lr:g})"]
-    if hasattr(cfg, "grad_clip"):
-        tries.append(f"grad_clip (now {cfg.grad_clip:g}, e.g. --set grad_clip=1.0)")
-    elif hasattr(cfg, "warmup_steps"):
-        tries.append(f"a warm-up (warmup_steps, now {cfg.warmup_steps})")
-    bar.close()  # the error line starts on a line of its own
-    raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
-                        f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
+class FiniteGuard:
+    """Stops a diverged run before it logs or writes anything. step() flags, on the device (no host sync per
+    step), the first step whose loss (or clipped gradient norm) is not finite; check(), at the steps that sync
+    anyway (log, checkpoint, validation), reads that flag and checks the weights and Adam's moments, which take
+    in any non-finite gradient: one host sync, and under torchrun every rank stops at the same step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.last_good: tuple[int, float] | None = None  # (step, loss) of the last finite loss logged
+
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
+        finite = torch.isfinite(loss.detach())
+        if grad_norm is not None:
+            finite &= torch.isfinite(grad_norm)
+        self.bad_step.masked_fill_(~finite & (self.bad_step == 0), step)
+
+    def check(self, step: int, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist, cfg: Any,
+              bar: tqdm | None = None) -> None:
+        state = [p.detach() for p in model.parameters()] + [
+            v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
+        broken = torch.stack([~torch.isfinite(t).all() for t in state]).any().to(self.bad_step.device)
+        flags = torch.stack([self.bad_step, broken.long()])
+        if dist.enabled:  # every rank stops at the same step
+            flags = flags.to(flags.device if flags.device.type == "cuda" else "cpu")
+            tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+        first, broken_state = (int(x) for x in flags.tolist())
+        if not first and not broken_state:
+            return
+        what = (f"the loss of step {first} is not finite" if first else
+                f"by step {step} the weights or the optimizer state are not finite (a gradient that was not)")
+        good = (f"the last finite loss was {self.last_good[1]:.4g} (logged at step {self.last_good[0]})"
+                if self.last_good else "no finite loss was logged before")
+        tries = [f"a lower lr (now {cfg.lr:g})"]
+        if hasattr(cfg, "grad_clip"):
+            tries.append(f"grad_clip (now {cfg.grad_clip:g}, e.g. --set grad_clip=1.0)")
+        elif hasattr(cfg, "warmup_steps"):
+            tries.append(f"a warm-up (warmup_steps, now {cfg.warmup_steps})")
+        if bar is not None:
+            bar.close()  # the error line starts on a line of its own
+        raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
+                            f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
 
 
 def _guard_write(path: Path, write: Callable[[], Any]) -> None:

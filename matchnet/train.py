@@ -18,10 +18,10 @@ from .data.fewshot import FewShotSplit
 from .engine import (FunctionTask, TrainingError, current_dist, fit, learning_rate, rank_seed, resolve_device,
                      run_validation, set_deterministic)
 from .alphabets import training_sampler
-from .rundir import check_run_name
 from .episodes import EpisodeSampler
 from .evaluate import evaluate, model_predictor
 from .model import MatchingNetwork
+from .rundir import check_run_name
 
 # Sizes beyond any sensible few-shot run, refused before anything is allocated (a typo such as hidden=10**7
 # would otherwise end in an allocation failure deep inside torch).
@@ -110,6 +110,11 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive and weight_decay, warmup_steps not negative")
         check_pairs("val_tasks", self.val_tasks)
+        if not 0.0 <= self.within_alphabet <= 1.0:
+            raise ValueError(f"within_alphabet is a fraction of episodes, 0 to 1, got {self.within_alphabet}")
+        if (self.within_alphabet > 0 or self.val_protocol != "standard" or self.preprocess != "none") and \
+                self.dataset != "omniglot":
+            raise ValueError("within_alphabet, val_protocol and preprocess are for Omniglot (alphabets, drawings)")
         check_run_name(self.name)
         if not 0 <= self.seed <= 2 ** 63 - 1:  # torch's generators take 64-bit seeds
             raise ValueError(f"seed must be between 0 and 2**63-1, got {self.seed}")
@@ -124,11 +129,6 @@ class TrainConfig:
                              f"({16 * params / 1e9:,.0f} GB with gradients and Adam's state); at most "
                              f"{MAX_PARAMETERS:,} are accepted (the shipped models have about 10^5): choose a "
                              "smaller hidden")
-        if not 0.0 <= self.within_alphabet <= 1.0:
-            raise ValueError(f"within_alphabet is a fraction of episodes, 0 to 1, got {self.within_alphabet}")
-        if (self.within_alphabet > 0 or self.val_protocol != "standard" or self.preprocess != "none") and \
-                self.dataset != "omniglot":
-            raise ValueError("within_alphabet, val_protocol and preprocess are for Omniglot (alphabets, drawings)")
 
     def check_against_data(self, splits: dict[str, FewShotSplit]) -> None:
         """Every episode the run will draw must exist: fail now, not at the first validation."""

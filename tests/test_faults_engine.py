@@ -135,16 +135,16 @@ def diverging_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from matchnet.engine import close_distributed, init_distributed
+    import torch.distributed as tdist
 
-    init_distributed("cpu")
+    tdist.init_process_group("gloo")
     try:
         train(config(Path(out) / "run", 10, lr=1e30, checkpoint_every=1, val_every=1), splits=glyph_splits())
         message = "finished"
     except TrainingError as e:
         message = str(e)
     finally:
-        close_distributed()
+        tdist.destroy_process_group()
     (Path(out) / f"rank{rank}.txt").write_text(message)
 
 
@@ -223,12 +223,12 @@ plain = T.matching_task
 def matching_task(*a, **k):
     task = plain(*a, **k)
     batch, calls = task.batch, [0]
-    def slow_batch():
+    def slow_batch(*args, **kwargs):
         calls[0] += 1
         if calls[0] == slow_step:
             print("STEP", flush=True)
             time.sleep(120)
-        return batch()
+        return batch(*args, **kwargs)
     task.batch = slow_batch
     return task
 T.matching_task = matching_task
