@@ -45,6 +45,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
         value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (RecursionError, ValueError) as e:  # nested thousands deep; a number of thousands of digits
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
+        raise CheckpointError(f"{path}: not a matchnet JSON file ({why})") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected a JSON object {{...}}, got {_json_type(value)}")
     return value

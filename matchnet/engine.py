@@ -34,15 +34,10 @@ from safetensors import SafetensorError
 from torch import nn
 from tqdm import tqdm
 
+from . import atomic
 from .checkpoint import CheckpointError, load_state, optimizer_from_flat, optimizer_to_flat, save_state
-
-# Options that change how a run is carried out, not what it computes: they may differ on resume.
-RUNTIME_KEYS = frozenset({"device", "progress", "log_every", "checkpoint_every", "out_dir", "data_root",
-                          "download", "compile", "time_limit", "val_every", "val_episodes", "name"})
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on; the message names the file or key and what to do."""
+from .rundir import (RUNTIME_KEYS, RunLock, TrainingError, check_finite_state, check_resume_config,  # noqa: F401
+                     check_run_name, last_finite_loss, prepare_run_dir, read_log)
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -184,71 +179,6 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg) if is_dataclass(cfg) else dict(vars(cfg))
 
 
-def prepare_run_dir(run_dir: Path, fresh: bool) -> None:
-    """Create the folder, check it is writable, clear temp files of a killed write; a fresh run starts clean."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise TrainingError(f"cannot write to the run folder {run_dir} ({e.strerror or e}); "
-                            "set out_dir to a writable folder (--set out_dir=...)") from None
-    for tmp in run_dir.rglob("*.tmp"):
-        tmp.unlink(missing_ok=True)  # left by a write that was killed before its rename
-    if fresh:  # --restart (or no resume point): nothing of an older run may be resumed or mistaken for this one
-        import shutil
-
-        for name in ("last.safetensors", "log.jsonl", "train_config.json", "run.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("best", "final"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def check_resume_config(run_dir: Path, now: dict[str, Any]) -> None:
-    """The config a run resumes with must compute what the run started computing; runtime keys may differ."""
-    path = run_dir / "train_config.json"
-    if not path.is_file():
-        return
-    try:
-        before = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TrainingError(f"{path}: not valid JSON ({e}); pass --restart to start the run over") from None
-    differ = sorted(k for k in set(before) | set(now)
-                    if k not in RUNTIME_KEYS and before.get(k, "<absent>") != now.get(k, "<absent>"))
-    if differ:
-        said = ", ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in differ)
-        raise TrainingError(f"{run_dir}/last.safetensors was started with another config ({said}); "
-                            "resume with the same settings, or pass --restart to start over")
-
-
-def read_log(log: Path, upto: int) -> list[dict]:
-    """The log's records up to step `upto`; a torn last line (a full disk, a kill mid-write) is skipped."""
-    if not log.exists():
-        return []
-    records = []
-    for n, line in enumerate(log.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            print(f"warning: {log}: line {n} is incomplete (an interrupted write); skipped", file=sys.stderr)
-            continue
-        if record.get("step", 0) <= upto:
-            records.append(record)
-    return records
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class StopRequest:
     """Ctrl-C or SIGTERM sets a flag; the loop saves a resume point at the end of the step and returns.
 
@@ -277,8 +207,14 @@ class StopRequest:
 
 # -- the loop ----------------------------------------------------------------------------------------------
 
-def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True, stop_after: int | None = None,
-        record: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
+def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """Train task.model in run_dir, which this run owns (locked, rank 0) for its whole life; see _fit."""
+    with RunLock(run_dir, enabled=current_dist().is_main):
+        return _fit(task, cfg, run_dir, **options)
+
+
+def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True, stop_after: int | None = None,
+         record: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
     """Train task.model for cfg.steps (or `stop_after` more steps, as a crash would); returns a summary.
 
     Reads from cfg: name, steps, lr, weight_decay, warmup_steps, val_every, log_every, checkpoint_every,
@@ -296,9 +232,8 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
     last, log = run_dir / "last.safetensors", run_dir / "log.jsonl"
     resuming = resume and last.is_file()
     if main:
-        prepare_run_dir(run_dir, fresh=not resuming)
-        if resuming:
-            check_resume_config(run_dir, settings)
+        check_run_name(cfg.name)
+        prepare_run_dir(run_dir, fresh=not resuming, settings=settings, restart=not resume)
     _barrier(dist)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -306,10 +241,13 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
     step, best, elapsed = 0, -math.inf, 0.0
     if resuming:
         step, best, elapsed = _resume(last, model, opt, task.generators, dist)
+    guard = FiniteGuard(device)
     if main:
-        _write_atomic_text(run_dir / "train_config.json", json.dumps(settings, indent=2) + "\n")
         history = read_log(log, step)
-        _write_atomic_text(log, "".join(json.dumps(r) + "\n" for r in history))
+        guard.last_good = last_finite_loss(history)
+        _guard_write(run_dir / "train_config.json", lambda: atomic.write_text(
+            run_dir / "train_config.json", json.dumps(settings, indent=2) + "\n"))
+        _guard_write(log, lambda: atomic.write_text(log, "".join(json.dumps(r) + "\n" for r in history)))
     t0 -= elapsed  # times in the log and the summary count earlier sessions of this run too
 
     net: nn.Module = model
@@ -351,9 +289,11 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
                 loss, acc = task.loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            norm = None
             if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
+            guard.step(step + 1, loss, norm)
             loss_sum += loss.detach().float()  # summed on the device: no host sync per step
             acc_sum += acc.detach().float()
             since += 1
@@ -362,6 +302,9 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
             stopped, out_of_time = _agree_stop(stop.signal, limit > 0 and time.perf_counter() - t0 > limit, dist,
                                                device)
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
+            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end or validate_now or \
+                    stopped:  # before anything is logged or written: a NaN never reaches a file
+                guard.check(step, model, opt, dist, cfg, bar)
             if main and (step % cfg.log_every == 0 or step == end or validate_now or stopped):
                 entry = {"step": step, "steps_averaged": [step - since + 1, step],
                          "loss": loss_sum.item() / since, "train_acc": 100 * acc_sum.item() / since,
@@ -378,6 +321,7 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
                         best = first
                         _guard_write(run_dir / "best", lambda: task.save(model, run_dir / "best"))
                 entry["time"] = round(time.perf_counter() - t0, 2)
+                guard.last_good = (step, entry["loss"])
                 _guard_write(log, lambda: _append(log, entry))
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", best_val=f"{best:.2f}")
             if step % cfg.checkpoint_every == 0 or step == end or out_of_time or stopped:
@@ -396,7 +340,7 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
                       "torch": torch.__version__, "python": platform.python_version(),
                       "first_step_this_session": first_step, **summary, **(record or {})}
         _guard_write(run_dir / "run.json",
-                     lambda: _write_atomic_text(run_dir / "run.json", json.dumps(run_record, indent=2) + "\n"))
+                     lambda: atomic.write_text(run_dir / "run.json", json.dumps(run_record, indent=2) + "\n"))
     _barrier(dist)
     return summary
 
@@ -404,6 +348,49 @@ def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True
 def _append(log: Path, entry: dict) -> None:
     with log.open("a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+class FiniteGuard:
+    """Stops a diverged run before it logs or writes anything. step() flags, on the device (no host sync per
+    step), the first step whose loss (or clipped gradient norm) is not finite; check(), at the steps that sync
+    anyway (log, checkpoint, validation), reads that flag and checks the weights and Adam's moments, which take
+    in any non-finite gradient: one host sync, and under torchrun every rank stops at the same step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad_step = torch.zeros((), dtype=torch.long, device=device)
+        self.last_good: tuple[int, float] | None = None  # (step, loss) of the last finite loss logged
+
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
+        finite = torch.isfinite(loss.detach())
+        if grad_norm is not None:
+            finite &= torch.isfinite(grad_norm)
+        self.bad_step.masked_fill_(~finite & (self.bad_step == 0), step)
+
+    def check(self, step: int, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist, cfg: Any,
+              bar: tqdm | None = None) -> None:
+        state = [p.detach() for p in model.parameters()] + [
+            v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
+        broken = torch.stack([~torch.isfinite(t).all() for t in state]).any().to(self.bad_step.device)
+        flags = torch.stack([self.bad_step, broken.long()])
+        if dist.enabled:  # every rank stops at the same step
+            flags = flags.to(flags.device if flags.device.type == "cuda" else "cpu")
+            tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+        first, broken_state = (int(x) for x in flags.tolist())
+        if not first and not broken_state:
+            return
+        what = (f"the loss of step {first} is not finite" if first else
+                f"by step {step} the weights or the optimizer state are not finite (a gradient that was not)")
+        good = (f"the last finite loss was {self.last_good[1]:.4g} (logged at step {self.last_good[0]})"
+                if self.last_good else "no finite loss was logged before")
+        tries = [f"a lower lr (now {cfg.lr:g})"]
+        if hasattr(cfg, "grad_clip"):
+            tries.append(f"grad_clip (now {cfg.grad_clip:g}, e.g. --set grad_clip=1.0)")
+        elif hasattr(cfg, "warmup_steps"):
+            tries.append(f"a warm-up (warmup_steps, now {cfg.warmup_steps})")
+        if bar is not None:
+            bar.close()  # the error line starts on a line of its own
+        raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
+                            f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
 
 
 def _guard_write(path: Path, write: Callable[[], Any]) -> None:
@@ -460,6 +447,7 @@ def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators
         step, best = int(info["step"]), float(info["best"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise TrainingError(f"{last}: not a readable resume point ({str(e).splitlines()[0][:160]}); {hint}") from None
+    check_finite_state(tensors, last)  # a diverged resume point would train NaN steps
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer_from_flat(opt, tensors, info["optimizer"])

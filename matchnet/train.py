@@ -21,6 +21,12 @@ from .alphabets import training_sampler
 from .episodes import EpisodeSampler
 from .evaluate import evaluate, model_predictor
 from .model import MatchingNetwork
+from .rundir import check_run_name
+
+# Sizes beyond any sensible few-shot run, refused before anything is allocated (a typo such as hidden=10**7
+# would otherwise end in an allocation failure deep inside torch).
+MAX_PARAMETERS = 10 ** 9
+MAX_IMAGES_PER_STEP = 100_000
 
 __all__ = ["TrainConfig", "build", "episode_loss", "learning_rate", "make_step", "resolve_device", "train",
            "validate"]
@@ -109,6 +115,20 @@ class TrainConfig:
         if (self.within_alphabet > 0 or self.val_protocol != "standard" or self.preprocess != "none") and \
                 self.dataset != "omniglot":
             raise ValueError("within_alphabet, val_protocol and preprocess are for Omniglot (alphabets, drawings)")
+        check_run_name(self.name)
+        if not 0 <= self.seed <= 2 ** 63 - 1:  # torch's generators take 64-bit seeds
+            raise ValueError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        images = self.meta_batch * self.way * (self.shot + self.query)
+        if images > MAX_IMAGES_PER_STEP:
+            raise ValueError(f"meta_batch x way x (shot + query) = {images:,} images per step; at most "
+                             f"{MAX_IMAGES_PER_STEP:,} are accepted (the shipped recipes use up to 2,880)")
+        with torch.device("meta"):  # the architecture without memory, as checkpoints are checked
+            params = sum(p.numel() for p in self.model().parameters())
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"hidden = {self.hidden} gives a model of {params:,} parameters "
+                             f"({16 * params / 1e9:,.0f} GB with gradients and Adam's state); at most "
+                             f"{MAX_PARAMETERS:,} are accepted (the shipped models have about 10^5): choose a "
+                             "smaller hidden")
 
     def check_against_data(self, splits: dict[str, FewShotSplit]) -> None:
         """Every episode the run will draw must exist: fail now, not at the first validation."""

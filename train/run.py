@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -361,15 +362,50 @@ def main(argv: list[str] | None = None) -> int:
     # `run.py --help` shows every command's options, not only the command names
     parser.epilog = "\n".join(f"{'-' * 100}\n{p.format_help()}" for p in sub.choices.values())
     args = parser.parse_args(argv)
+    old_term = _on_sigterm_raise()
     try:
+        seed = getattr(args, "seed", None)  # eval, train --eval, table: torch's generators take 64-bit seeds
+        if isinstance(seed, int) and not 0 <= seed <= 2 ** 63 - 1:
+            raise ValueError(f"--seed must be between 0 and 2**63-1, got {seed}")
         args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C (a second one, during training) or SIGTERM: one line, no traceback
+        how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        print(f"\ninterrupted ({how}): stopped at once; every file written so far is complete (written "
+              "atomically): run the same command again", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # the library's own errors carry a message meant for the user: one line, no traceback
         if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)) or \
                 type(e).__module__.startswith("matchnet"):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (start-up, data decoding, evaluation): stop as Ctrl-C would."""
+
+
+def _on_sigterm_raise():
+    """SIGTERM raises Terminated until the engine installs its own handler (which saves a resume point first);
+    returns the handler it replaced (None off the main thread, where signals cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (data decoding) inherited this: end as SIGTERM would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":
