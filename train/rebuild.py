@@ -33,8 +33,8 @@ from matchnet.train import TrainConfig, resolve_device, train
 # beats omniglot_lake.toml on validation (its full run needs a GPU).
 SKIP = {"smoke.toml", "omniglot_lake_within.toml"}
 # Configs of the other tables: trained by `train/run.py table omniglot` (baselines), `table ptb` and
-# `table miniimagenet`, not here.
-OTHER_TABLES = ("baseline_", "ptb_", "miniimagenet_")
+# `table miniimagenet` and `table imagenet`, not here.
+OTHER_TABLES = ("baseline_", "ptb_", "miniimagenet_", "imagenet_")
 # Measured: ~70 s per 5000-step model on one H100 (start-up, validation and bf16 included).
 H100_SECONDS_PER_STEP = 70 / 5000
 EVAL_SECONDS = 10  # data loading + 4 x 1000 test episodes on an H100, roughly
