@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from .handlers import App
+from .handlers import Handlers
 from .models import Served
 from .state import MAX_FILE_MB, MAX_QUERIES, MAX_SHOT, MAX_WAY, ApiSession, Session
 
@@ -84,7 +84,15 @@ def clear_js(*pads: str) -> str:
     return f"(...args) => {{ window.mnClear && window.mnClear({list(pads)}); return args; }}"
 
 
-def build(app: App) -> gr.Blocks:
+class App(Handlers):
+    """The demo: the handlers (handlers.py) and the page that calls them."""
+
+    def build(self) -> gr.Blocks:
+        """The page for these handlers (scripts such as bench/app_latency.py call this)."""
+        return build(self)
+
+
+def build(app: Handlers) -> gr.Blocks:
     """Create the components (as attributes of app, which its handlers update) and wire the events."""
     drawing = app.drawing
     c, h, w = app.served.shape
