@@ -1,11 +1,21 @@
 """What the README tells a new user to run: the data-root layouts it promises, the options its commands show,
 and the costs they announce."""
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import torch
 
 from matchnet.data import load_omniglot
 from matchnet.data.omniglot import omniglot_dir
+from matchnet.data.synthetic import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_data_root_finds_omniglot_in_either_layout(omniglot_tree, tmp_path):
@@ -21,3 +31,63 @@ def test_data_root_finds_omniglot_in_either_layout(omniglot_tree, tmp_path):
     shutil.copytree(omniglot_tree / "omniglot-py", nested / "omniglot-py")
     assert omniglot_dir(nested) == nested / "omniglot-py"
     assert omniglot_dir(tmp_path / "empty") == tmp_path / "empty" / "omniglot-py"
+
+
+# -- ablate-scale: stops like train, records only what ran --------------------------------------------------
+
+def ablation_config(tmp_path: Path) -> Path:
+    """A tiny ablation recipe on synthetic colour images (12 classes x 8, 28 px): seconds per variant."""
+    write_synthetic(tmp_path / "data", "folder", classes=12, per_class=8, width=28, height=28, seed=0)
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'name = "tiny"\ndataset = "folder"\nsplit = "random"\n'
+        f'data_root = "{(tmp_path / "data").as_posix()}"\n'
+        "hidden = 8\nway = 3\nshot = 1\nquery = 2\nval_tasks = [[2, 1]]\nval_query = 3\n"
+        "log_every = 1\ncheckpoint_every = 100000\ndevice = \"cpu\"\nprogress = false\n"
+        "[data_options]\nimage_size = 28\nworkers = 1\ncache = false\nprogress = false\n")
+    return config
+
+
+def ablate(config: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train" / "run.py"), "ablate-scale", "--config", str(config),
+            "--steps", str(steps), "--val-episodes", "5", "--out-dir", str(out), *extra]
+
+
+def test_ablate_scale_stops_on_sigterm_and_records_nothing_that_did_not_run(tmp_path):
+    config, out = ablation_config(tmp_path), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(ablate(config, out, 100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    first = out / "paper_(scale_1,_fixed)"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and \
+            len((first / "log.jsonl").read_text().splitlines() if (first / "log.jsonl").is_file() else []) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:  # a run that ignored the signal must not outlive the test
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (stdout, stderr)
+    assert "Traceback" not in stderr and "'variant'" not in stdout  # no row for the stopped variant
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted at step" in lines[0] and "of 100000" in lines[0], stderr
+    stopped_at = int(lines[0].split("interrupted at step ")[1].split()[0])
+    assert 2 <= stopped_at < 100000
+    assert not (out / "ablation_scale.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == [first.name]  # no next variant
+    from matchnet.checkpoint import load_state
+    assert load_state(first / "last.safetensors")[1]["step"] == stopped_at  # saved where it stopped
+
+
+def test_ablate_scale_records_the_steps_that_ran_and_resumes_finished_variants(tmp_path):
+    config, out = ablation_config(tmp_path), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(ablate(config, out, 3), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "ablation_scale.json").read_text())
+    assert [r["steps"] for r in record["rows"]] == [3, 3, 3, 3]
+    assert all("val_2w1s" in r or any(k.startswith("val_") for k in r) for r in record["rows"])
+    again = subprocess.run(ablate(config, out, 3), capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "ablation_scale.json").read_text())["rows"] == record["rows"]  # read back, not rerun

@@ -173,7 +173,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_ablate_scale(args) -> None:
-    """Short runs with the config's recipe and different softmax scales; validation accuracy of each."""
+    """Short runs with the config's recipe and different softmax scales; validation accuracy of each.
+
+    Each variant trains in its own run folder and resumes like `train`: Ctrl-C or SIGTERM saves a resume point,
+    prints one line and exits non-zero, with no row for the stopped variant and no next variant; the same command
+    again continues (finished variants are read back from their runs), --restart starts every variant over."""
+    from costs import UNDER_LOAD, duration, train_cost
+    from matchnet.atomic import write_text
     from matchnet.data import load_splits
     from matchnet.engine import resolve_device
     from matchnet.train import TrainConfig, train
@@ -183,21 +189,45 @@ def cmd_ablate_scale(args) -> None:
                 "scale 10, fixed": dict(scale=10.0, learn_scale=False),
                 "scale 30, fixed": dict(scale=30.0, learn_scale=False),
                 "scale learned (from 10)": dict(scale=10.0, learn_scale=True)}
+    configs = {label: TrainConfig.from_dict({**vars(base), **change, "steps": args.steps,
+                                             "val_every": args.steps, "val_episodes": args.val_episodes,
+                                             "name": f"ablate-{label}",
+                                             "out_dir": str(Path(args.out_dir) / label.replace(" ", "_"))})
+               for label, change in variants.items()}
+    device = resolve_device(base.device)
+    if device.type == "cpu":
+        costs = [train_cost(cfg) for cfg in configs.values()]
+        if all(costs):
+            print(f"ablate-scale: {len(configs)} variants x {args.steps:,} steps + {args.val_episodes:,} validation "
+                  f"episodes each: ~{duration(sum(c.seconds for c in costs))} on a quiet 2-core CPU (estimate, "
+                  f"per variant {costs[0].how}); {UNDER_LOAD}", flush=True)
+        else:
+            print("ablate-scale: the CPU time is not measured (no CPU record in docs/bench/)", flush=True)
     rows = []
-    splits = load_splits(base.dataset, base.split, base.data_root, base.download)
-    for label, change in variants.items():
-        cfg = TrainConfig.from_dict({**vars(base), **change, "steps": args.steps,
-                                     "val_every": args.steps, "val_episodes": args.val_episodes,
-                                     "name": f"ablate-{label}", "out_dir": str(Path(args.out_dir) / label.replace(' ', '_')),
-                                     "progress": False})
-        summary = train(cfg, splits=splits, resume=False)
-        log = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
-        rows.append({"variant": label, **change, "steps": args.steps, **{k: v for k, v in log[-1].items()
-                     if k.startswith("val_") or k == "scale"}, "seconds": round(summary["seconds"], 1)})
+    try:  # a Ctrl-C while the data loads (training handles its own): one line, nothing recorded
+        splits = load_splits(base.dataset, base.split, base.data_root, base.download, **base.data_options)
+    except KeyboardInterrupt:
+        sys.exit("interrupted while loading the data: nothing was trained or recorded")
+    for i, (label, cfg) in enumerate(configs.items(), 1):
+        summary = train(cfg, splits=splits, resume=not args.restart)
+        if summary["interrupted"]:
+            print(f"interrupted at step {summary['steps']} of {args.steps} of variant {i}/{len(configs)} "
+                  f"({label}); no row recorded for it. The resume point is {cfg.run_dir / 'last.safetensors'}: run "
+                  "the same command again to continue", file=sys.stderr)
+            sys.exit(128 + summary["signal"])
+        log = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+        last = log[-1] if log else {}
+        if summary["steps"] != args.steps or last.get("step") != args.steps or \
+                not any(k.startswith("val_") for k in last):
+            raise ValueError(f"{cfg.run_dir}: the run holds {summary['steps']} steps and no final validation, not "
+                             f"the {args.steps} asked for; pass --restart to train the variants again")
+        rows.append({"variant": label, **variants[label], "steps": summary["steps"],
+                     **{k: v for k, v in last.items() if k.startswith("val_") or k == "scale"},
+                     "seconds": last.get("time")})  # at the final validation: a resumed rerun adds nothing
         print(rows[-1], flush=True)
     out = Path(args.out_dir) / "ablation_scale.json"
-    out.write_text(json.dumps({"recipe": vars(base), "val_episodes": args.val_episodes, "rows": rows,
-                               "hardware": hardware(resolve_device(base.device))}, indent=2) + "\n")
+    write_text(out, json.dumps({"recipe": vars(base), "val_episodes": args.val_episodes, "rows": rows,
+                                "hardware": hardware(device)}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
@@ -280,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--val-episodes", type=int, default=1000)
     p.add_argument("--out-dir", default="runs/ablate-scale")
+    p.add_argument("--restart", action="store_true", help="train every variant from scratch (default: resume)")
     p.set_defaults(func=cmd_ablate_scale)
 
     p = sub.add_parser("publish", help="upload a checkpoint folder (config, weights, card, results, log) to the Hub")
