@@ -91,3 +91,42 @@ def test_ablate_scale_records_the_steps_that_ran_and_resumes_finished_variants(t
     again = subprocess.run(ablate(config, out, 3), capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "ablation_scale.json").read_text())["rows"] == record["rows"]  # read back, not rerun
+
+
+# -- what the long commands say about themselves -------------------------------------------------------------
+
+def cli_output(*args: str, cwd: Path = ROOT) -> tuple[str, list[str]]:
+    """A run.py command's stdout, and the modules it had imported (to show that --help imports no torch)."""
+    script = ("import runpy, sys, json\nsys.argv = ['train/run.py'] + %r\n"
+              "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+              "print('MODULES ' + json.dumps(sorted(sys.modules)))\n") % (list(args), str(ROOT / "train" / "run.py"))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=cwd)
+    text, modules = out.stdout.rsplit("MODULES ", 1)
+    return text, json.loads(modules)
+
+
+def test_table_help_lists_its_options_and_costs_without_importing_torch():
+    text, modules = cli_output("table", "--help")
+    for option in ("TABLE_ROWS", "TABLE_SET", "TABLE_OUT", "TABLE_RETRAIN", "TABLE_SCALES", "--quick"):
+        assert option in text, option
+    assert text.count("Cost on a CPU:") == 3 and "not measured on a CPU" in text  # miniImageNet never ran here
+    assert "torch" not in modules
+
+
+def test_rebuild_plan_on_a_cpu_estimates_from_the_measured_cpu_records(tmp_path):
+    text, _ = cli_output("rebuild", "--plan", "--device", "cpu", cwd=tmp_path)  # no runs/: everything to do
+    assert "orders of magnitude" not in text
+    assert "estimate" in text and "train_speed_cpu.json" in text and "eval_cpu_omniglot-vinyals.json" in text
+    total = text.split("estimated time: ~")[1].split(" on a quiet")[0]
+    assert total.endswith(" h")  # three 5000-step models on two cores: hours, not minutes
+
+
+def test_cpu_estimates_reproduce_the_records_they_come_from():
+    sys.path.insert(0, str(ROOT))
+    from train import costs
+
+    record = json.loads(costs.EVAL_RECORD.read_text())
+    assert abs(costs.eval_cost(record["episodes"]).seconds - record["eval_seconds"]) < 1e-6
+    rate, at = costs.train_rate(1)
+    assert at == 1 and rate == next(r["images_per_s"] for r in json.loads(costs.TRAIN_RECORD.read_text())["rows"]
+                                    if r["pipeline"].startswith("fast (device sampler, 1 episode/"))

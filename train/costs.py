@@ -101,3 +101,31 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
     if getattr(cfg, "dataset", "omniglot") != "omniglot":
         how += f"; measured at 28x28, so far too low for {cfg.dataset} images"
     return Cost(seconds, how)
+
+
+def table_cost(task: str) -> str:
+    """What `train/run.py table TASK` cost on this project's CPU, summed from its committed records."""
+    if task == "omniglot":
+        rows = (_read(BENCH.parent / "results" / "omniglot_table.json") or {}).get("rows", [])
+        if not rows:
+            return "not measured on a CPU"
+        test = sum(float(r.get("seconds") or 0) for r in rows)
+        trained = [(r["row"], r["trained"]["seconds"]) for r in rows if (r.get("trained") or {}).get("seconds")]
+        return (f"evaluating its {len(rows)} rows at 1,000 episodes took {test:,.0f} s (~{duration(test)}) on 1-2 CPU "
+                "threads, with the shipped baselines (the sum of the rows' `seconds` in docs/results/omniglot_table.json)"
+                + "".join(f"; training {name} (not shipped, so a fresh clone trains it) took {s:,.0f} s (~{duration(s)})"
+                          for name, s in trained)
+                + "; retraining the shipped baselines (TABLE_RETRAIN=1) is not measured on a CPU")
+    if task == "ptb":
+        records = sorted(BENCH.glob("ptb/*.json"))
+        total, count = 0.0, 0
+        for path in records:
+            r = _read(path) or {}
+            spent = float((r.get("training") or {}).get("seconds") or r.get("train_seconds") or 0)
+            spent += float((r.get("test") or {}).get("eval_seconds") or 0)
+            total, count = total + spent, count + (spent > 0)
+        if not count:
+            return "not measured on a CPU"
+        return (f"training and testing its {count} measured rows took {total:,.0f} s (~{duration(total)}) on 1 CPU "
+                "thread (the sum of training `seconds` and test `eval_seconds` in docs/bench/ptb/*.json)")
+    return "not measured on a CPU (no miniImageNet images on the project's machines)"

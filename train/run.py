@@ -178,7 +178,7 @@ def cmd_ablate_scale(args) -> None:
     Each variant trains in its own run folder and resumes like `train`: Ctrl-C or SIGTERM saves a resume point,
     prints one line and exits non-zero, with no row for the stopped variant and no next variant; the same command
     again continues (finished variants are read back from their runs), --restart starts every variant over."""
-    from costs import UNDER_LOAD, duration, train_cost
+    from train.costs import UNDER_LOAD, duration, train_cost
     from matchnet.atomic import write_text
     from matchnet.data import load_splits
     from matchnet.engine import resolve_device
@@ -258,14 +258,46 @@ def cmd_rebuild(args) -> None:
         sys.exit("\ninterrupted: run the same command again to resume where it stopped")
 
 
+QUICK_ROWS = {"omniglot": "pixels", "miniimagenet": "pixels"}  # rows that train nothing
+
+
 def cmd_table(args) -> None:
     """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
     import importlib
 
-    from matchnet.results import write_results_md
+    from train.costs import table_cost
 
+    if args.quick:  # a first try: rows that train nothing, 100 episodes, outputs outside docs/
+        if args.task not in QUICK_ROWS:
+            raise ValueError(f"--quick is for {' and '.join(QUICK_ROWS)}; for ptb try python train/table_ptb.py "
+                             "--help (its rows train for minutes to hours)")
+        os.environ.setdefault("TABLE_ROWS", QUICK_ROWS[args.task])
+        os.environ.setdefault("TABLE_OUT", f"runs/table-{args.task}-quick")
+        args.episodes = min(args.episodes, 100)
+        print(f"table {args.task} --quick: rows {os.environ['TABLE_ROWS']}, {args.episodes} episodes, outputs in "
+              f"{os.environ['TABLE_OUT']}/ (docs/ untouched)", flush=True)
+    elif args.device == "cpu" or (args.device == "auto" and not __import__("torch").cuda.is_available()):
+        print(f"table {args.task} on a CPU: {table_cost(args.task)}", flush=True)
     importlib.import_module(f"table_{args.task}").main(args)
-    write_results_md(ROOT)
+    if not args.quick:
+        from matchnet.results import write_results_md
+
+        write_results_md(ROOT)
+
+
+def table_help() -> str:
+    """`table --help`'s epilog: each table module's docstring (read, not imported: no torch) and its CPU cost."""
+    import ast
+
+    from train.costs import table_cost
+
+    parts = ["--quick: a first try in seconds: " + "; ".join(f"{t}: rows {r}" for t, r in QUICK_ROWS.items())
+             + " (no training), 100 episodes, outputs in runs/table-TASK-quick/, docs/ untouched. "
+             "The TABLE_* variables below still apply (TABLE_ROWS, TABLE_OUT set by --quick unless given)."]
+    for task in ("omniglot", "miniimagenet", "ptb"):
+        doc = ast.get_docstring(ast.parse((ROOT / "train" / f"table_{task}.py").read_text())) or ""
+        parts.append(f"== table {task} (train/table_{task}.py)\n{doc}\nCost on a CPU: {table_cost(task)}.")
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,13 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
+    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md",
+                       epilog=table_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet"],
                    help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
+    p.add_argument("--quick", action="store_true",
+                   help="a first try: the rows that train nothing, 100 episodes, outputs in runs/ (see below)")
     p.set_defaults(func=cmd_table)
 
     # `run.py --help` shows every command's options, not only the command names
