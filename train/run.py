@@ -105,8 +105,17 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
         raise ValueError(f"the test split has {test.num_classes} classes: too few for any {columns or skipped} column")
     for way, shot in skipped:
         print(f"skipping {way}-way {shot}-shot: the test split has {test.num_classes} classes", file=sys.stderr)
+    if dev.type == "cpu" and dataset == "omniglot":
+        from train.costs import UNDER_LOAD, eval_cost
+
+        cost = eval_cost(episodes, columns)
+        print(f"eval: {len(columns)} columns x {episodes:,} episodes: "
+              + (f"{cost.line()}; {UNDER_LOAD}" if cost else "not measured on a CPU"), file=sys.stderr, flush=True)
     t = time.perf_counter()
-    accs = evaluate_table(model, test.to(dev), episodes=episodes, seed=seed, columns=columns)
+    # The same episodes at any batch (drawn up front, matchnet.episodes): on a CPU 10 episodes at a time keep a
+    # 20-way 5-shot batch's Conv-4 activations at ~2 GB instead of ~8 GB (docs/bench/eval_cpu_memory.log).
+    accs = evaluate_table(model, test.to(dev), episodes=episodes, seed=seed, columns=columns,
+                          batch=50 if dev.type == "cuda" else 10)
     result = {
         "checkpoint": str(folder), "dataset": dataset, "split": split, "test_classes": splits["test"].num_classes,
         "episodes": episodes, "seed": seed, "query_per_class": TEST_QUERY, "hardware": hardware(dev),
