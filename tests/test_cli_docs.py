@@ -130,3 +130,49 @@ def test_cpu_estimates_reproduce_the_records_they_come_from():
     rate, at = costs.train_rate(1)
     assert at == 1 and rate == next(r["images_per_s"] for r in json.loads(costs.TRAIN_RECORD.read_text())["rows"]
                                     if r["pipeline"].startswith("fast (device sampler, 1 episode/"))
+
+
+# -- the README's own examples ------------------------------------------------------------------------------
+
+def readme_block(after: str, lang: str = "python") -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"```{lang}\n", text.index(after)) + len(f"```{lang}\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readme_classify_example_shows_what_the_call_returns():
+    """The printed reply in the README is the real one: every key, the same values (the handler /classify
+    runs, on the shipped checkpoints and the example files the README names)."""
+    import ast
+
+    sys.path.insert(0, str(ROOT))
+    import demo
+    from demo.models import load
+    from demo.state import ApiSession
+
+    shown = ast.literal_eval(readme_block("prints (run against `python app.py`"))
+    call = readme_block("The same model is scriptable through the named endpoint `/classify`")
+    ex = ROOT / "assets" / "examples" / "omniglot"
+    files = [str(ex / f.split("{ex}/")[1].split('"')[0]) for f in call.split("handle_file(f\"")[1:]]
+    support, queries = files[:-1], files[-1:]
+    labels = ast.literal_eval(call.split("labels=")[1].split("]")[0] + "]")
+    got = demo.classify_files(load(), support, labels, queries, False, ApiSession())
+    assert list(got) == list(shown)
+    for key, value in shown.items():
+        if key == "similarity":
+            assert all(abs(a - b) < 1e-4 for a, b in zip(got[key][0], value[0]))
+        else:
+            assert got[key] == value, key
+
+
+def test_pyproject_demo_extra_installs_what_the_demo_imports():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = lambda deps: {d.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip() for d in deps}  # noqa: E731
+    assert {"gradio", "plotly", "gradio_client"} <= names(project["optional-dependencies"]["demo"])
+    assert not {"gradio", "plotly"} & names(project["dependencies"])  # the library itself stays without them
+    assert "pip install -e .[demo]" in (ROOT / "README.md").read_text()
