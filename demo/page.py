@@ -76,8 +76,10 @@ Photos are centre-cropped to a square and resized to {side} px."""
 
 API_MD = f"""Script it with `gradio_client`: the named endpoint **`/classify`** takes support images, one label
 per image and one or more query images, and returns the predicted labels, class probabilities, the attention
-matrix and the cosine similarities as JSON (example in `docs/APP.md`). Limits, the same as this page's: at most
-{MAX_WAY} classes, {MAX_SHOT} images per class, {MAX_QUERIES} queries per call, {MAX_FILE_MB} MB per file."""
+matrix and the cosine similarities as JSON (an example with its reply: the README's *Demo* section). Limits, the
+same as this page's: at most {MAX_WAY} classes, {MAX_SHOT} images per class, {MAX_QUERIES} queries per call,
+{MAX_FILE_MB} MB per file. Many requests: `Client(url, ssl_verify=ssl.create_default_context())` lets
+gradio_client reuse one TLS context instead of building one per uploaded file."""
 
 
 def clear_js(*pads: str) -> str:

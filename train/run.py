@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                            help="override one config option (repeatable), e.g. --set steps=100")
         p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to run (default: auto)")
-        p.add_argument("--data-root", help="folder holding omniglot-py/ (default: the config's, or ./data)")
+        p.add_argument("--data-root", help="folder holding omniglot-py/ or omniglot/omniglot-py/ (default: the "
+                                           "config's, or ./data)")
 
     p = sub.add_parser("train", help="train a model from a config (resumes from runs/<name>/last.safetensors)")
     common(p)
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet"],
                    help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
+    p.add_argument("--data-root", default="data",
+                   help="folder holding omniglot-py/ (or omniglot/omniglot-py/), mnist/, ptb/")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
     p.add_argument("--quick", action="store_true",
