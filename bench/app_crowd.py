@@ -8,10 +8,10 @@ their CPU competes with the server's).
 
 Where the time went (issue 23's first run: 3.6 requests/s, median 8.6 s, with the server function's own median
 at 128 ms): gradio_client makes every upload and call with a fresh httpx client, and each builds a new TLS
-context (loading the CA bundle: ~25 ms of CPU, even for an http:// URL). A 5-way 1-shot request uploads 6
-files: ~300 ms of client CPU against ~60 ms in the server, all on the same two cores. Passing one shared
-context (`Client(url, ssl_verify=ssl.create_default_context())`, which httpx takes as `verify`) cuts the
-client's CPU to ~20 ms per request. `--client-tls default` measures gradio_client as it comes.
+context (loading the CA bundle, even for an http:// URL). A 5-way 1-shot request uploads 6 files, so the
+clients spent several times the server's CPU per request, all on the same two cores. Passing one shared
+context (`Client(url, ssl_verify=ssl.create_default_context())`, which httpx takes as `verify`) removes most
+of the client's share (docs/APP.md, "Under a crowd"). `--client-tls default` measures gradio_client as it comes.
 
     python bench/app_crowd.py --clients 32 --requests 500 --out docs/bench/app_crowd_cpu.json
 
@@ -118,7 +118,7 @@ def check(reply: dict, request: dict) -> str | None:
 def crowd(url: str, clients: int, requests: int, warmup: int, server_pid: int, tls: str = "shared",
           mix: list[tuple] = MIX) -> dict:
     """tls "shared": every client's HTTP calls reuse one TLS context; "default": gradio_client as it comes,
-    which builds a new one (~25 ms of CPU) for every file it uploads and every call (see the module doc)."""
+    which builds a new one for every file it uploads and every call (see the module doc)."""
     from gradio_client import Client, handle_file
 
     options = {"ssl_verify": ssl.create_default_context()} if tls == "shared" else {}
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the JSON record to write, e.g. docs/bench/app_crowd_cpu.json")
     parser.add_argument("--client-tls", choices=["shared", "default"], default="shared",
                         help="shared: the clients reuse one TLS context (default); default: gradio_client as it "
-                             "comes, a new TLS context per upload and call (~25 ms of client CPU each)")
+                             "comes, a new TLS context per upload and call")
     parser.add_argument("--mix", choices=["all", "issue"], default="all",
                         help="all: the four shapes above; issue: 5-way 1-shot with 1 query only (issue 23's run)")
     parser.add_argument("--app-arg", action="append", default=[], metavar="ARG",
