@@ -5,7 +5,9 @@
    model alone, the /classify handler and the UI's live-update handler (which also draws the figures).
 2. Concurrency: the app runs in its own process; C gradio_client clients send R requests in all to
    /classify, each client with its own support set and its own label names. Reports errors, p50/p95
-   latency, and cross-talk: any response naming labels that the client did not send.
+   latency, and cross-talk: any response naming labels that the client did not send. The clients are
+   gradio_client as it comes (a new TLS context per upload: most of their CPU); bench/app_crowd.py is the
+   crowd benchmark with a JSON record, a mix of request shapes and both client settings.
 
     python bench/app_latency.py [--clients 32] [--requests 500] [--reps 200]
 """

@@ -33,7 +33,7 @@ def guarded(fn: Callable) -> Callable:
     """For UI handlers: bad input becomes a warning and a status line and changes nothing else; no
     traceback ever reaches the page (unexpected errors are logged here and reported in one line)."""
     @functools.wraps(fn)
-    def wrapper(self: "App", *args, **kwargs):
+    def wrapper(self: "Handlers", *args, **kwargs):
         try:
             return fn(self, *args, **kwargs)
         except inf.InputError as e:
@@ -104,9 +104,10 @@ def classify_files(served: Served | dict, support: list[str], labels: Any, queri
 
 # --------------------------------------------------------------------------------------------- the page
 
-class App:
+class Handlers:
     """The page's handlers. Models are shared read-only; everything a visitor does is in their Session.
-    page.build(app) sets the component attributes (self.status, self.gallery, ...) that handlers update."""
+    page.build(handlers) sets the component attributes (self.status, self.gallery, ...) that handlers update;
+    page.App is this class with its page (App.build), so this module never imports page.py."""
 
     def __init__(self, models: dict[str, Any] | Served | None = None, examples: Path = EXAMPLES,
                  seed: int | None = None, checkpoint: str | None = None, resize: str | None = None):
@@ -121,12 +122,6 @@ class App:
         self.drawing = self.served.drawing
         self.examples = inf.list_examples(examples) if self.drawing else {}
         self.seed = seed  # fixes every page's random episodes (tests, screenshots); None: each page its own
-
-    def build(self) -> gr.Blocks:
-        """The page for these handlers (page.build; scripts such as bench/app_latency.py call this)."""
-        from .page import build  # page.py imports this module
-
-        return build(self)
 
     # views ------------------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from .handlers import App
+from .handlers import Handlers
 from .models import Served
 from .state import MAX_FILE_MB, MAX_QUERIES, MAX_SHOT, MAX_WAY, ApiSession, Session
 
@@ -76,15 +76,25 @@ Photos are centre-cropped to a square and resized to {side} px."""
 
 API_MD = f"""Script it with `gradio_client`: the named endpoint **`/classify`** takes support images, one label
 per image and one or more query images, and returns the predicted labels, class probabilities, the attention
-matrix and the cosine similarities as JSON (example in `docs/APP.md`). Limits, the same as this page's: at most
-{MAX_WAY} classes, {MAX_SHOT} images per class, {MAX_QUERIES} queries per call, {MAX_FILE_MB} MB per file."""
+matrix and the cosine similarities as JSON (an example with its reply: the README's *Demo* section). Limits, the
+same as this page's: at most {MAX_WAY} classes, {MAX_SHOT} images per class, {MAX_QUERIES} queries per call,
+{MAX_FILE_MB} MB per file. Many requests: `Client(url, ssl_verify=ssl.create_default_context())` lets
+gradio_client reuse one TLS context instead of building one per uploaded file."""
 
 
 def clear_js(*pads: str) -> str:
     return f"(...args) => {{ window.mnClear && window.mnClear({list(pads)}); return args; }}"
 
 
-def build(app: App) -> gr.Blocks:
+class App(Handlers):
+    """The demo: the handlers (handlers.py) and the page that calls them."""
+
+    def build(self) -> gr.Blocks:
+        """The page for these handlers (scripts such as bench/app_latency.py call this)."""
+        return build(self)
+
+
+def build(app: Handlers) -> gr.Blocks:
     """Create the components (as attributes of app, which its handlers update) and wire the events."""
     drawing = app.drawing
     c, h, w = app.served.shape

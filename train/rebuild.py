@@ -28,6 +28,7 @@ from matchnet.checkpoint import CONFIG, WEIGHTS
 from matchnet.data import load_splits
 from matchnet.results import write_results_md
 from matchnet.train import TrainConfig, resolve_device, train
+from train import costs
 
 # smoke: a pipeline check; omniglot_lake_within: a candidate recipe for omniglot-lake, shipped only once it
 # beats omniglot_lake.toml on validation (its full run needs a GPU).
@@ -105,13 +106,20 @@ def make_jobs(root: Path, state: dict, overrides: dict, only: list[str], restart
     return jobs
 
 
-def estimate_seconds(job: Job) -> float:
+def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000) -> float:
+    """Seconds left for this job: on a GPU at the H100's measured pace; on a CPU from the CPU records
+    (train/costs.py; 0 where a phase has no CPU measurement)."""
     steps_left = job.cfg.steps - (0 if job.fresh else min(job.resume_step, job.cfg.steps))
-    train_s = steps_left * H100_SECONDS_PER_STEP if "trained" not in job.done else 0
-    return train_s + (EVAL_SECONDS if "evaluated" not in job.done else 0)
+    if device.type == "cuda":
+        train_s = steps_left * H100_SECONDS_PER_STEP if "trained" not in job.done else 0
+        return train_s + (EVAL_SECONDS if "evaluated" not in job.done else 0)
+    train = costs.train_cost(job.cfg, steps=steps_left) if "trained" not in job.done and steps_left else None
+    test = costs.eval_cost(episodes) if "evaluated" not in job.done else None
+    return (train.seconds if train else 0.0) + (test.seconds if test else 0.0)
 
 
-def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to: str | None) -> None:
+def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to: str | None,
+               episodes: int = 1000) -> None:
     print(f"rebuild plan, on {device_label}:")
     total = 0.0
     for i, job in enumerate(jobs, 1):
@@ -124,12 +132,26 @@ def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to
                      if job.fresh or not job.resume_step else f"resuming at step {job.resume_step}")
             steps["trained"] = f"train {c.steps} steps {start}"
         what = ", ".join(steps[p] for p in todo) or "up to date, skipped"
-        est = estimate_seconds(job)
+        est = estimate_seconds(job, device, episodes)
         total += est
         print(f"  {i}. {job.name:<22} {job.toml.name:<28} {'FCE' if c.fce else 'no FCE':<6} split {c.split:<8} "
-              f"{what}" + (f"  (~{est:.0f} s)" if est else ""))
-    print(f"estimated time: ~{total / 60:.1f} min at the H100's ~70 s per 5000-step model"
-          + ("" if device.type == "cuda" else "; a CPU is one to two orders of magnitude slower"))
+              f"{what}" + (f"  (~{costs.duration(est)})" if est else ""))
+    if device.type == "cuda":
+        print(f"estimated time: ~{total / 60:.1f} min at the H100's ~70 s per 5000-step model")
+        return
+    todo = [j for j in jobs if "trained" in j.todo(None)]
+    train = costs.train_cost(todo[0].cfg) if todo else None
+    test = costs.eval_cost(episodes)
+    if total == 0 and (todo or any("evaluated" in j.todo(None) for j in jobs)):
+        print("estimated time on this CPU: not measured (no CPU record in docs/bench/)")
+        return
+    gpu_min = sum(estimate_seconds(j, torch.device("cuda")) for j in jobs) / 60
+    print(f"estimated time: ~{costs.duration(total)} on a quiet 2-core CPU (an estimate from measured CPU rates)"
+          + (f"\n  per model: {train.how}" if train else "")
+          + (f"\n  per evaluation: {test.how}" if test else "")
+          + f"\n  not included: start-up and data loading; FCE's LSTMs (not measured on a CPU)"
+          + f"\n  {costs.UNDER_LOAD}"
+          + f"\n  on one H100 the same plan is ~{gpu_min:.0f} min: use --device cuda where there is one")
 
 
 def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, private: bool, only: list[str],
@@ -142,7 +164,7 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
     overrides = {"device": dev.type, **({"data_root": data_root} if data_root else {})}
     state = State(Path("runs") / "rebuild_state.json", fresh=restart)  # beside runs/<name>/, as train() has them
     jobs = make_jobs(root, state.data, overrides, only, restart)
-    print_plan(jobs, dev, hardware(dev), push_to)
+    print_plan(jobs, dev, hardware(dev), push_to, episodes)
     if plan_only:
         return
     if push_to and any("pushed" in job.todo(push_target(push_to, job.name)) for job in jobs):

@@ -107,8 +107,17 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
         raise ValueError(f"the test split has {test.num_classes} classes: too few for any {columns or skipped} column")
     for way, shot in skipped:
         print(f"skipping {way}-way {shot}-shot: the test split has {test.num_classes} classes", file=sys.stderr)
+    if dev.type == "cpu" and dataset == "omniglot":
+        from train.costs import UNDER_LOAD, eval_cost
+
+        cost = eval_cost(episodes, columns)
+        print(f"eval: {len(columns)} columns x {episodes:,} episodes: "
+              + (f"{cost.line()}; {UNDER_LOAD}" if cost else "not measured on a CPU"), file=sys.stderr, flush=True)
     t = time.perf_counter()
-    accs = evaluate_table(model, test.to(dev), episodes=episodes, seed=seed, columns=columns)
+    # The same episodes at any batch (drawn up front, matchnet.episodes): on a CPU 10 episodes at a time keep a
+    # 20-way 5-shot batch's Conv-4 activations at ~2 GB instead of ~8 GB (docs/bench/eval_cpu_memory.log).
+    accs = evaluate_table(model, test.to(dev), episodes=episodes, seed=seed, columns=columns,
+                          batch=50 if dev.type == "cuda" else 10)
     result = {
         "checkpoint": str(folder), "dataset": dataset, "split": split, "test_classes": splits["test"].num_classes,
         "episodes": episodes, "seed": seed, "query_per_class": TEST_QUERY, "hardware": hardware(dev),
@@ -175,7 +184,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_ablate_scale(args) -> None:
-    """Short runs with the config's recipe and different softmax scales; validation accuracy of each."""
+    """Short runs with the config's recipe and different softmax scales; validation accuracy of each.
+
+    Each variant trains in its own run folder and resumes like `train`: Ctrl-C or SIGTERM saves a resume point,
+    prints one line and exits non-zero, with no row for the stopped variant and no next variant; the same command
+    again continues (finished variants are read back from their runs), --restart starts every variant over."""
+    from train.costs import UNDER_LOAD, duration, train_cost
+    from matchnet.atomic import write_text
     from matchnet.data import load_splits
     from matchnet.engine import resolve_device
     from matchnet.train import TrainConfig, train
@@ -185,21 +200,45 @@ def cmd_ablate_scale(args) -> None:
                 "scale 10, fixed": dict(scale=10.0, learn_scale=False),
                 "scale 30, fixed": dict(scale=30.0, learn_scale=False),
                 "scale learned (from 10)": dict(scale=10.0, learn_scale=True)}
+    configs = {label: TrainConfig.from_dict({**vars(base), **change, "steps": args.steps,
+                                             "val_every": args.steps, "val_episodes": args.val_episodes,
+                                             "name": f"ablate-{label}",
+                                             "out_dir": str(Path(args.out_dir) / label.replace(" ", "_"))})
+               for label, change in variants.items()}
+    device = resolve_device(base.device)
+    if device.type == "cpu":
+        costs = [train_cost(cfg) for cfg in configs.values()]
+        if all(costs):
+            print(f"ablate-scale: {len(configs)} variants x {args.steps:,} steps + {args.val_episodes:,} validation "
+                  f"episodes each: ~{duration(sum(c.seconds for c in costs))} on a quiet 2-core CPU (estimate, "
+                  f"per variant {costs[0].how}); {UNDER_LOAD}", flush=True)
+        else:
+            print("ablate-scale: the CPU time is not measured (no CPU record in docs/bench/)", flush=True)
     rows = []
-    splits = load_splits(base.dataset, base.split, base.data_root, base.download)
-    for label, change in variants.items():
-        cfg = TrainConfig.from_dict({**vars(base), **change, "steps": args.steps,
-                                     "val_every": args.steps, "val_episodes": args.val_episodes,
-                                     "name": f"ablate-{label}", "out_dir": str(Path(args.out_dir) / label.replace(' ', '_')),
-                                     "progress": False})
-        summary = train(cfg, splits=splits, resume=False)
-        log = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()]
-        rows.append({"variant": label, **change, "steps": args.steps, **{k: v for k, v in log[-1].items()
-                     if k.startswith("val_") or k == "scale"}, "seconds": round(summary["seconds"], 1)})
+    try:  # a Ctrl-C while the data loads (training handles its own): one line, nothing recorded
+        splits = load_splits(base.dataset, base.split, base.data_root, base.download, **base.data_options)
+    except KeyboardInterrupt:
+        sys.exit("interrupted while loading the data: nothing was trained or recorded")
+    for i, (label, cfg) in enumerate(configs.items(), 1):
+        summary = train(cfg, splits=splits, resume=not args.restart)
+        if summary["interrupted"]:
+            print(f"interrupted at step {summary['steps']} of {args.steps} of variant {i}/{len(configs)} "
+                  f"({label}); no row recorded for it. The resume point is {cfg.run_dir / 'last.safetensors'}: run "
+                  "the same command again to continue", file=sys.stderr)
+            sys.exit(128 + summary["signal"])
+        log = [json.loads(x) for x in (cfg.run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+        last = log[-1] if log else {}
+        if summary["steps"] != args.steps or last.get("step") != args.steps or \
+                not any(k.startswith("val_") for k in last):
+            raise ValueError(f"{cfg.run_dir}: the run holds {summary['steps']} steps and no final validation, not "
+                             f"the {args.steps} asked for; pass --restart to train the variants again")
+        rows.append({"variant": label, **variants[label], "steps": summary["steps"],
+                     **{k: v for k, v in last.items() if k.startswith("val_") or k == "scale"},
+                     "seconds": last.get("time")})  # at the final validation: a resumed rerun adds nothing
         print(rows[-1], flush=True)
     out = Path(args.out_dir) / "ablation_scale.json"
-    out.write_text(json.dumps({"recipe": vars(base), "val_episodes": args.val_episodes, "rows": rows,
-                               "hardware": hardware(resolve_device(base.device))}, indent=2) + "\n")
+    write_text(out, json.dumps({"recipe": vars(base), "val_episodes": args.val_episodes, "rows": rows,
+                                "hardware": hardware(device)}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
@@ -230,15 +269,46 @@ def cmd_rebuild(args) -> None:
         sys.exit("\ninterrupted: run the same command again to resume where it stopped")
 
 
+QUICK_ROWS = {"omniglot": "pixels", "miniimagenet": "pixels"}  # rows that train nothing
+
+
 def cmd_table(args) -> None:
     """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
     import importlib
 
-    from matchnet.results import write_results_md
+    from train.costs import table_cost
 
+    if args.quick:  # a first try: rows that train nothing, 100 episodes, outputs outside docs/
+        if args.task not in QUICK_ROWS:
+            raise ValueError(f"--quick is for {' and '.join(QUICK_ROWS)}; table {args.task}'s rows all train "
+                             f"(see train/run.py table --help)")
+        os.environ.setdefault("TABLE_ROWS", QUICK_ROWS[args.task])
+        os.environ.setdefault("TABLE_OUT", f"runs/table-{args.task}-quick")
+        args.episodes = min(args.episodes, 100)
+        print(f"table {args.task} --quick: rows {os.environ['TABLE_ROWS']}, {args.episodes} episodes, outputs in "
+              f"{os.environ['TABLE_OUT']}/ (docs/ untouched)", flush=True)
+    elif args.device == "cpu" or (args.device == "auto" and not __import__("torch").cuda.is_available()):
+        print(f"table {args.task} on a CPU: {table_cost(args.task)}", flush=True)
     importlib.import_module(f"table_{args.task}").main(args)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun (table imagenet) one process writes the docs
+    if not args.quick and os.environ.get("RANK", "0") == "0":  # under torchrun (table imagenet) one process writes
+        from matchnet.results import write_results_md
+
         write_results_md(ROOT)
+
+
+def table_help() -> str:
+    """`table --help`'s epilog: each table module's docstring (read, not imported: no torch) and its CPU cost."""
+    import ast
+
+    from train.costs import table_cost
+
+    parts = ["--quick: a first try in seconds: " + "; ".join(f"{t}: rows {r}" for t, r in QUICK_ROWS.items())
+             + " (no training), 100 episodes, outputs in runs/table-TASK-quick/, docs/ untouched. "
+             "The TABLE_* variables below still apply (TABLE_ROWS, TABLE_OUT set by --quick unless given)."]
+    for task in ("omniglot", "miniimagenet", "ptb", "imagenet"):
+        doc = ast.get_docstring(ast.parse((ROOT / "train" / f"table_{task}.py").read_text())) or ""
+        parts.append(f"== table {task} (train/table_{task}.py)\n{doc}\nCost on a CPU: {table_cost(task)}.")
+    return "\n\n".join(parts)
 
 
 PREDICT_PROGRESS_FROM = 32  # queries: from this many on, a progress bar on stderr
@@ -280,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                            help="override one config option (repeatable), e.g. --set steps=100")
         p.add_argument("--device", choices=["auto", "cuda", "cpu"], help="where to run (default: auto)")
-        p.add_argument("--data-root", help="folder holding omniglot-py/ (default: the config's, or ./data)")
+        p.add_argument("--data-root", help="folder holding omniglot-py/ or omniglot/omniglot-py/ (default: the "
+                                           "config's, or ./data)")
 
     p = sub.add_parser("train", help="train a model from a config (resumes from runs/<name>/last.safetensors)")
     common(p)
@@ -311,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--val-episodes", type=int, default=1000)
     p.add_argument("--out-dir", default="runs/ablate-scale")
+    p.add_argument("--restart", action="store_true", help="train every variant from scratch (default: resume)")
     p.set_defaults(func=cmd_ablate_scale)
 
     p = sub.add_parser("publish", help="upload a checkpoint folder (config, weights, card, results, log) to the Hub")
@@ -331,14 +403,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
+    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md",
+                       epilog=table_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet", "imagenet"],
                    help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2; "
                         "imagenet: Table 3")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    p.add_argument("--data-root", default="data", help="folder holding omniglot-py/, mnist/, ptb/")
+    p.add_argument("--data-root", default="data",
+                   help="folder holding omniglot-py/ (or omniglot/omniglot-py/), mnist/, ptb/")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per cell (at least 1000 for the docs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test episodes")
+    p.add_argument("--quick", action="store_true",
+                   help="a first try: the rows that train nothing, 100 episodes, outputs in runs/ (see below)")
     p.set_defaults(func=cmd_table)
     # table imagenet (Table 3): which held-out classes; train/table_imagenet.py has the rest
     p.add_argument("--split", choices=["rand", "dogs"], default="rand",

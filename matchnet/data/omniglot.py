@@ -65,9 +65,14 @@ class Omniglot:
 
 
 def omniglot_dir(root: str | os.PathLike) -> Path:
-    """ROOT may be the folder holding omniglot-py/ or omniglot-py itself."""
+    """ROOT may be omniglot-py itself, the folder holding omniglot-py/ (the README's data/omniglot-py), or a
+    data root holding omniglot/omniglot-py/ (the layout of a data root with one folder per dataset). Where
+    neither exists, ROOT/omniglot-py: where a download goes and what the error message names."""
     root = Path(root).expanduser()
-    return root if root.name == "omniglot-py" else root / "omniglot-py"
+    if root.name == "omniglot-py":
+        return root
+    nested = root / "omniglot" / "omniglot-py"
+    return nested if not (root / "omniglot-py").exists() and nested.is_dir() else root / "omniglot-py"
 
 
 # -- download --------------------------------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""What a long command costs on a CPU: estimates derived from the committed CPU measurements in docs/bench/,
+with the arithmetic spelled out, so that a plan line can say where its number comes from. No torch import.
+
+Two records: docs/bench/train_speed_cpu.json (training images per second on the 2-core CPU, per number of
+episodes per step) and docs/bench/eval_cpu_omniglot-vinyals.json (one model's four test columns of 1,000
+episodes: test images per second). Both were measured on a quiet machine; under load (other jobs on the same
+cores) docs/bench/speed_cpu_decomposition.json measured 188 training images/s on 1 thread, 5 to 10 times less.
+FCE's LSTMs are not in either rate: an FCE estimate is a lower bound (FCE is not measured on a CPU).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+TRAIN_RECORD = BENCH / "train_speed_cpu.json"
+EVAL_RECORD = BENCH / "eval_cpu_omniglot-vinyals.json"
+TEST_COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))  # the paper's four Omniglot columns (matchnet.evaluate)
+UNDER_LOAD = "under load (other jobs on the cores) 5-10x slower: docs/bench/speed_cpu_decomposition.json"
+
+
+@dataclass
+class Cost:
+    seconds: float
+    how: str  # the arithmetic and the records it comes from
+
+    def line(self) -> str:
+        return f"~{duration(self.seconds)} on a quiet 2-core CPU (estimate: {self.how})"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_rate(episodes_per_step: int) -> tuple[float, int] | None:
+    """(training images/s, the measured episodes/step it was measured at): the measured row closest to
+    episodes_per_step from below (more episodes per step were slower per image on the CPU)."""
+    record = _read(TRAIN_RECORD)
+    if record is None:
+        return None
+    rows = []
+    for row in record.get("rows", []):
+        m = re.search(r"(\d+) episodes?/step", row.get("pipeline", ""))
+        if row.get("pipeline", "").startswith("fast") and m:
+            rows.append((int(m.group(1)), float(row["images_per_s"])))
+    if not rows:
+        return None
+    below = [r for r in rows if r[0] <= episodes_per_step] or [min(rows)]
+    episodes, rate = max(below)
+    return rate, episodes
+
+
+def eval_rate() -> float | None:
+    """Test images per second of `train/run.py eval` (1,000 episodes of each of the four columns)."""
+    record = _read(EVAL_RECORD)
+    if record is None or not record.get("eval_seconds"):
+        return None
+    query = int(record.get("query_per_class", 15))
+    images = record["episodes"] * sum(w * (s + query) for w, s in TEST_COLUMNS)
+    return images / float(record["eval_seconds"])
+
+
+def eval_cost(episodes: int, columns=TEST_COLUMNS, query: int = 15) -> Cost | None:
+    rate = eval_rate()
+    if rate is None:
+        return None
+    images = episodes * sum(w * (s + query) for w, s in columns)
+    return Cost(images / rate, f"{episodes:,} episodes x {images // episodes:,} images of the four columns / "
+                               f"{rate:,.0f} test images/s measured in {EVAL_RECORD.name}")
+
+
+def train_cost(cfg, steps: int | None = None, validations: int | None = None) -> Cost | None:
+    """Training plus validation of one config (a TrainConfig or anything with its fields) on the CPU."""
+    steps = cfg.steps if steps is None else steps
+    per_step = cfg.meta_batch * cfg.way * (cfg.shot + cfg.query)
+    measured = train_rate(cfg.meta_batch)
+    test = eval_rate()
+    if measured is None or test is None:
+        return None
+    rate, at = measured
+    checks = max(1, steps // cfg.val_every) if validations is None else validations
+    val_images = checks * cfg.val_episodes * sum(w * (s + cfg.val_query) for w, s in cfg.val_tasks)
+    seconds = steps * per_step / rate + val_images / test
+    how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({TRAIN_RECORD.name}, {at} "
+           f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({EVAL_RECORD.name})")
+    if getattr(cfg, "fce", False):
+        how += "; FCE's LSTMs not included (not measured on a CPU): a lower bound"
+    if getattr(cfg, "dataset", "omniglot") != "omniglot":
+        how += f"; measured at 28x28, so far too low for {cfg.dataset} images"
+    return Cost(seconds, how)
+
+
+def table_cost(task: str) -> str:
+    """What `train/run.py table TASK` cost on this project's CPU, summed from its committed records."""
+    if task == "omniglot":
+        rows = (_read(BENCH.parent / "results" / "omniglot_table.json") or {}).get("rows", [])
+        if not rows:
+            return "not measured on a CPU"
+        test = sum(float(r.get("seconds") or 0) for r in rows)
+        trained = [(r["row"], r["trained"]["seconds"]) for r in rows if (r.get("trained") or {}).get("seconds")]
+        return (f"evaluating its {len(rows)} rows at 1,000 episodes took {test:,.0f} s (~{duration(test)}) on 1-2 CPU "
+                "threads, with the shipped baselines (the sum of the rows' `seconds` in docs/results/omniglot_table.json)"
+                + "".join(f"; training {name} (not shipped, so a fresh clone trains it) took {s:,.0f} s (~{duration(s)})"
+                          for name, s in trained)
+                + "; retraining the shipped baselines (TABLE_RETRAIN=1) is not measured on a CPU")
+    if task == "ptb":
+        records = sorted(BENCH.glob("ptb/*.json"))
+        total, count = 0.0, 0
+        for path in records:
+            r = _read(path) or {}
+            spent = float((r.get("training") or {}).get("seconds") or r.get("train_seconds") or 0)
+            spent += float((r.get("test") or {}).get("eval_seconds") or 0)
+            total, count = total + spent, count + (spent > 0)
+        if not count:
+            return "not measured on a CPU"
+        return (f"training and testing its {count} measured rows took {total:,.0f} s (~{duration(total)}) on 1 CPU "
+                "thread (the sum of training `seconds` and test `eval_seconds` in docs/bench/ptb/*.json)")
+    if task == "imagenet":
+        return ("not measured (no ImageNet on the project's machines); estimated at tens of CPU core-years, "
+                "hours to a day per split on one GPU: docs/IMAGENET.md, from docs/bench/imagenet_cost_cpu.json")
+    return "not measured on a CPU (no miniImageNet images on the project's machines)"
