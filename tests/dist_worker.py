@@ -56,7 +56,7 @@ def fixed_task(cfg, rank: int, world: int, halves: bool):
         return Episodes(ep.support[sl], ep.support_labels[sl], ep.query[sl], ep.query_labels[sl], ep.classes[sl],
                         ep.n_way)
 
-    def batch():
+    def batch(shard):
         ep = episodes[counter[0]]
         counter[0] += 1
         return ep if halves else part(ep, rank, share)
@@ -69,14 +69,15 @@ def fixed_task(cfg, rank: int, world: int, halves: bool):
     gen = torch.Generator().manual_seed(0)
     from matchnet.checkpoint import save_model
     return FunctionTask(model, [gen], batch, loss, lambda m: validate(m, cfg, glyph_splits()["val"]),
-                        lambda m, folder: save_model(m, folder)), counter
+                        lambda m, folder: save_model(m, folder), global_batch=cfg.meta_batch), counter
 
 
 def run(rank: int, world: int, port: int, out: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from matchnet.engine import close_distributed, fit, init_distributed
+    from matchnet.distributed import close_distributed, init_distributed
+    from matchnet.engine import fit
     from matchnet.train import train
 
     init_distributed("cpu")

@@ -151,15 +151,25 @@ def test_config_files_errors_name_the_file(tmp_path):
         TrainConfig.from_toml(bad)
 
 
-def test_deterministic_runs_log_identical_losses(tmp_path):
+@pytest.fixture
+def restore_determinism():
+    """train(deterministic=True) turns torch's global flag on: turn it back off even when the test fails."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_deterministic_runs_log_identical_losses(tmp_path, restore_determinism):
     splits = glyph_splits()
     logs = []
     for name in ("a", "b"):
         cfg = config(tmp_path / name, 4, deterministic=True)
         train(cfg, splits=splits)
         logs.append([json.loads(x)["loss"] for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()])
+    assert torch.are_deterministic_algorithms_enabled()
     assert logs[0] == logs[1]
-    torch.use_deterministic_algorithms(False)
 
 
 def test_fce_training_episodes_present_the_support_set_in_random_order():

@@ -7,7 +7,7 @@
   python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
   python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
   python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
-  python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]
+  python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]   (one process: see cmd_table)
 
 Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
 """
@@ -47,7 +47,7 @@ def hardware(device) -> str:
 
 def cmd_train(args) -> None:
     """Train from a config; under torchrun every process runs this, rank 0 alone reports."""
-    from matchnet.engine import close_distributed, init_distributed
+    from matchnet.distributed import close_distributed, init_distributed
     from matchnet.train import train
 
     cfg = load_config(args)
@@ -84,7 +84,7 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
                         seed: int, out: Path | None, train_cfg=None, data_options: dict | None = None) -> dict:
     from matchnet.checkpoint import load_model
     from matchnet.data import load_splits
-    from matchnet.engine import resolve_device
+    from matchnet.distributed import resolve_device
     from matchnet.evaluate import COLUMNS, TEST_QUERY, evaluate_table
 
     if out is not None:
@@ -175,7 +175,7 @@ def cmd_eval(args) -> None:
 def cmd_ablate_scale(args) -> None:
     """Short runs with the config's recipe and different softmax scales; validation accuracy of each."""
     from matchnet.data import load_splits
-    from matchnet.engine import resolve_device
+    from matchnet.distributed import resolve_device
     from matchnet.train import TrainConfig, train
 
     base = load_config(args)
@@ -229,11 +229,24 @@ def cmd_rebuild(args) -> None:
 
 
 def cmd_table(args) -> None:
-    """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
+    """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point.
+
+    A table is one process's work: its many small trainings, evaluations and files are run in order, on one
+    device. Started by torchrun, rank 0 runs the whole table as a plain process (no process group, so its
+    trainings are not distributed) and every other rank stops at once, writing nothing. To train a table's
+    Matching Networks on N GPUs, train their configs first with `torchrun ... train`: the table reuses
+    finished runs.
+    """
     import importlib
 
+    from matchnet.distributed import launch_rank
     from matchnet.results import write_results_md
 
+    rank = launch_rank()
+    if rank != 0:
+        print(f"rank {rank}: `table` runs on rank 0 alone (one process writes the table); nothing to do here",
+              file=sys.stderr)
+        return
     importlib.import_module(f"table_{args.task}").main(args)
     write_results_md(ROOT)
 
@@ -300,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md")
+    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md "
+                                     "(one process; under torchrun rank 0 alone)")
     p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet"],
                    help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
