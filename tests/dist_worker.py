@@ -80,10 +80,19 @@ def run(rank: int, world: int, port: int, out: str, mode: str) -> None:
     from matchnet.engine import fit
     from matchnet.train import train
 
+    if mode in ("draws", "separate"):  # tests/test_distributed.py: a hang must end in an error, not block CI
+        import datetime
+
+        import torch.distributed as tdist
+        tdist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
     init_distributed("cpu")
     try:
         out_dir = Path(out)
-        if mode == "equivalence":  # two steps on fixed episodes, each rank half of them
+        if mode == "draws":
+            draws_run(rank, world, out_dir)
+        elif mode == "separate":
+            separate_folders_run(rank, world, out_dir)
+        elif mode == "equivalence":  # two steps on fixed episodes, each rank half of them
             cfg = config(out_dir, 2)
             task, _ = fixed_task(cfg, rank, world, halves=False)
             fit(task, cfg, out_dir, resume=False)
@@ -96,3 +105,91 @@ def run(rank: int, world: int, port: int, out: str, mode: str) -> None:
             train(config(out_dir, 4), splits=glyph_splits(), resume=mode == "resume")
     finally:
         close_distributed()
+
+
+# -- tests/test_distributed.py's runs ------------------------------------------------------------------------
+
+def recording(module, draws: list, tasks: list | None = None):
+    """Replace module.fit by one that records every batch the task draws (and the task), then trains."""
+    real = module.fit
+
+    def fit(task, *args, **kw):
+        batch = task.batch
+
+        def recorded(shard):
+            out = batch(shard)
+            draws.append(out)
+            return out
+        task.batch = recorded
+        if tasks is not None:
+            tasks.append(task)
+        return real(task, *args, **kw)
+    module.fit = fit
+    return real
+
+
+def draw_tensors(draws: list, kind: str) -> dict[str, torch.Tensor]:
+    """What a run drew, as tensors: episodes (classes and support images) or classifier (classes, drawings)."""
+    if kind == "matching":
+        return {f"{i}.{k}": getattr(ep, k).contiguous() for i, ep in enumerate(draws) for k in ("classes", "support")}
+    return {f"{i}.{j}": t.contiguous() for i, d in enumerate(draws) for j, t in enumerate(d)}
+
+
+def classifier_config(out: Path, **kw):
+    from matchnet.baselines import ClassifierConfig
+
+    base = dict(name="clf", hidden=8, batch=8, steps=2, warmup_steps=0, val_every=2, val_episodes=5,
+                val_tasks=[[5, 1]], log_every=1, checkpoint_every=2, progress=False)
+    return ClassifierConfig(**{**base, **kw})
+
+
+def draws_run(rank: int, world: int, out_dir: Path) -> None:
+    """Two steps of the Matching Network (the real sampler) and of the baseline classifier; each rank saves what
+    it drew."""
+    import matchnet.baselines.classifier as classifier
+    import matchnet.train as matching
+
+    splits = glyph_splits()
+    episodes: list = []
+    recording(matching, episodes)
+    matching.train(config(out_dir / "matching", 2), splits=splits, resume=False)
+    images: list = []
+    recording(classifier, images)
+    classifier.train_classifier(classifier_config(out_dir), splits, out_dir / "clf", torch.device("cpu"),
+                                resume=False)
+    save_file({**{f"matching.{k}": v for k, v in draw_tensors(episodes, "matching").items()},
+               **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()}},
+              str(out_dir / f"draws{rank}.safetensors"))
+
+
+def separate_folders_run(rank: int, world: int, out_dir: Path) -> None:
+    """Each rank with its own run folder (machines that share no file system). Rank 0 writes a resume point at
+    step 2 into its folder only; resuming must refuse on every rank. Then rank 1 gets a copy of it: both resume
+    at step 2 and rank 0 alone moves on to step 3; resuming again must refuse (steps 3 and 2)."""
+    import shutil
+
+    import torch.distributed as tdist
+    from matchnet.engine import TrainingError
+    from matchnet.train import train
+
+    mine = out_dir / f"rank{rank}"
+    splits = glyph_splits()
+    outcome = []
+
+    def attempt(**kw):
+        try:
+            train(config(mine, 4), splits=splits, **kw)
+            outcome.append("trained")
+        except TrainingError as e:
+            outcome.append(f"refused: {e}")
+
+    attempt(resume=False, stop_after=2)
+    attempt()  # rank 1 sees no last.safetensors
+    tdist.barrier()
+    if rank == 1:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.copytree(out_dir / "rank0", mine)
+    tdist.barrier()
+    attempt(stop_after=1)  # both at step 2: agreed
+    attempt()  # rank 0 at step 3, rank 1 at step 2
+    (out_dir / f"outcome{rank}.json").write_text(__import__("json").dumps(outcome))
