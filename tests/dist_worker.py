@@ -143,10 +143,24 @@ def classifier_config(out: Path, **kw):
     return ClassifierConfig(**{**base, **kw})
 
 
+def sentence_task(**kw):
+    """A tiny synthetic corpus (4 label words, 40 sentences) and a small PTB-style config: (cfg, pool)."""
+    from matchnet.language.episodes import build_pool
+    from matchnet.language.train import SentenceConfig
+
+    words = list(range(10, 14))
+    sentences = [[2 + (s % 5), words[s % 4], 7 + (s % 3), 8] for s in range(40)]
+    pool = build_pool(sentences, words, min_sentences=4)
+    base = dict(embed_dim=8, hidden=8, way=2, shots=[1], query=1, meta_batch=2, steps=2, warmup_steps=0, val_way=2,
+                val_episodes=4, val_every=2, log_every=1, checkpoint_every=2, progress=False)
+    return SentenceConfig(**{**base, **kw}), pool
+
+
 def draws_run(rank: int, world: int, out_dir: Path) -> None:
-    """Two steps of the Matching Network (the real sampler) and of the baseline classifier; each rank saves what
-    it drew."""
+    """Two steps of the Matching Network (the real sampler), of the baseline classifier and of the PTB sentence
+    task; each rank saves what it drew."""
     import matchnet.baselines.classifier as classifier
+    import matchnet.language.train as sentences
     import matchnet.train as matching
 
     splits = glyph_splits()
@@ -157,8 +171,13 @@ def draws_run(rank: int, world: int, out_dir: Path) -> None:
     recording(classifier, images)
     classifier.train_classifier(classifier_config(out_dir), splits, out_dir / "clf", torch.device("cpu"),
                                 resume=False)
+    blanks: list = []
+    recording(sentences, blanks)
+    cfg, pool = sentence_task()
+    sentences.train(cfg, 20, pool, pool, out_dir / "ptb", resume=False)
     save_file({**{f"matching.{k}": v for k, v in draw_tensors(episodes, "matching").items()},
-               **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()}},
+               **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()},
+               **{f"ptb.{k}": v for k, v in draw_tensors(blanks, "matching").items()}},
               str(out_dir / f"draws{rank}.safetensors"))
 
 

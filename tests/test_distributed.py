@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import dist_worker
-from dist_worker import classifier_config, config, draw_tensors, glyph_splits, recording
+from dist_worker import classifier_config, config, draw_tensors, glyph_splits, recording, sentence_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +50,11 @@ def test_ranks_that_do_not_share_a_run_folder_refuse_to_resume_on_every_rank(tmp
     assert not (tmp_path / "rank0" / "final").exists()
 
 
-def record_single(tmp_path: Path, seed: int, meta_batch: int, batch: int) -> dict[str, torch.Tensor]:
+def record_single(tmp_path: Path, seed: int, meta_batch: int, batch: int,
+                  sentence_batch: int) -> dict[str, torch.Tensor]:
     """What one process with `seed` draws in 2 steps of each task, with one rank's share per step."""
     import matchnet.baselines.classifier as classifier
+    import matchnet.language.train as sentences
     import matchnet.train as matching
 
     splits = glyph_splits()
@@ -68,28 +70,38 @@ def record_single(tmp_path: Path, seed: int, meta_batch: int, batch: int) -> dic
                                     tmp_path / f"c{seed}", torch.device("cpu"))
     finally:
         classifier.fit = real
+    blanks: list = []
+    real = recording(sentences, blanks)
+    try:
+        cfg, pool = sentence_task(meta_batch=sentence_batch, seed=seed)
+        sentences.train(cfg, 20, pool, pool, tmp_path / f"p{seed}")
+    finally:
+        sentences.fit = real
     return {**{f"matching.{k}": v for k, v in draw_tensors(episodes, "matching").items()},
-            **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()}}
+            **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()},
+            **{f"ptb.{k}": v for k, v in draw_tensors(blanks, "matching").items()}}
 
 
 def test_two_ranks_draw_their_own_share_through_the_real_samplers(tmp_path):
     """Rank r draws global / 2 items a step, exactly what one process seeded rank_seed(seed, r) draws: the
-    Matching Network's episodes and the baseline classifier's images (which every rank drew alike before)."""
+    Matching Network's episodes, the baseline classifier's images and the PTB task's sentence episodes (the
+    last two: every rank drew the same ones before)."""
     from matchnet.distributed import rank_seed
 
     spawn(tmp_path, "draws")
     ranks = [load_file(str(tmp_path / f"draws{r}.safetensors")) for r in range(2)]
-    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) == 2 * 2 + 2 * 2
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) == 3 * 2 * 2
     for key in ranks[0]:
-        assert not torch.equal(ranks[0][key], ranks[1][key]), key  # the ranks drew different batches
+        if not key.startswith("ptb.") or key.endswith(".support"):  # 2 of 4 PTB words may repeat; not sentences
+            assert not torch.equal(ranks[0][key], ranks[1][key]), key  # the ranks drew different batches
     cfg = config(tmp_path, 2)
     assert ranks[0]["matching.0.classes"].shape[0] == cfg.meta_batch // 2
     assert ranks[0]["classifier.0.0"].shape[0] == classifier_config(tmp_path).batch // 2
     for r in range(2):
         single = record_single(tmp_path / f"single{r}", rank_seed(cfg.seed, r), cfg.meta_batch // 2,
-                               classifier_config(tmp_path).batch // 2)
+                               classifier_config(tmp_path).batch // 2, sentence_task()[0].meta_batch // 2)
         assert single.keys() == ranks[r].keys()
-        assert all(torch.equal(single[k], ranks[r][k]) for k in single), r
+        assert [k for k in single if not torch.equal(single[k], ranks[r][k])] == [], r
 
 
 class Dropped(nn.Module):
@@ -140,15 +152,9 @@ def test_the_resume_point_holds_the_global_rng_so_dropout_resumes_exactly(tmp_pa
 
 
 def test_ptb_dropout_resumes_exactly(tmp_path):
-    from matchnet.language.episodes import build_pool
-    from matchnet.language.train import SentenceConfig, train
+    from matchnet.language.train import train
 
-    words = list(range(10, 14))
-    sentences = [[2 + (s % 5), words[s % 4], 7 + (s % 3), 8] for s in range(40)]
-    pool = build_pool(sentences, words, min_sentences=4)
-    cfg = SentenceConfig(embed_dim=8, hidden=8, dropout=0.5, way=2, shots=[1], query=1, meta_batch=2, steps=4,
-                         warmup_steps=0, val_way=2, val_episodes=4, val_every=4, log_every=1, checkpoint_every=2,
-                         progress=False)
+    cfg, pool = sentence_task(dropout=0.5, steps=4, val_every=4)
     train(cfg, 20, pool, pool, tmp_path / "a")
     train(cfg, 20, pool, pool, tmp_path / "b", stop_after=2)
     torch.manual_seed(99)
