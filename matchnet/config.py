@@ -3,12 +3,15 @@
 Unknown keys and wrong types are errors that name the file and the key; a dataclass may add its own checks
 in a `check()` method. `--set key=value` overrides are parsed against the field's type, so `--set name=2024`
 stays a string where the key is a string.
+
+`LoopConfig` holds the fields the training loop (matchnet.engine.fit) reads; every task's config inherits it
+and adds its own (a subclass may give a loop field another default by declaring it again).
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,3 +129,51 @@ def check_pairs(name: str, value: Any) -> None:
                                                     for x in t) for t in value)
     if not ok:
         raise ValueError(f"{name} should be a list of [way, shot] pairs of positive integers, got {value!r}")
+
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class LoopConfig:
+    """What the one training loop reads from a config; every task's config inherits it.
+
+    The learning rate warms up linearly over `warmup_steps`, then follows `schedule`: cosine (to 0), step (halved
+    four times, at 1/5, 2/5, 3/5 and 4/5 of `steps`) or constant. `amp` (bf16 autocast) and `sync_bn` act on
+    GPUs only; `grad_clip` 0 and `time_limit` 0 mean none; `seed` seeds the training draws (per rank, see
+    matchnet.distributed.rank_seed).
+    """
+
+    name: str = "run"
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup_steps: int = 0
+    val_every: int = 1000
+    log_every: int = 100
+    checkpoint_every: int = 1000  # steps between resume points (a crash loses at most this many)
+    grad_clip: float = 0.0  # max gradient norm (0: no clipping)
+    amp: bool = False  # bf16 autocast (GPUs)
+    sync_bn: bool = False  # with torchrun on GPUs: SyncBatchNorm (see matchnet.engine)
+    time_limit: float = 0.0  # seconds of training (0: none); reaching it ends the run, best/ is kept
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_toml(cls: type[T], path: str | os.PathLike, **overrides: Any) -> T:
+        return config_from_toml(cls, path, **overrides)
+
+    @classmethod
+    def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+        return config_from_dict(cls, values, source)
+
+    def check(self) -> None:
+        """The loop's own checks; a subclass's check() calls super().check() first."""
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        check_positive(self, "steps", "val_every", "log_every", "checkpoint_every")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be positive and weight_decay, warmup_steps not negative")
+        if self.grad_clip < 0 or self.time_limit < 0:
+            raise ValueError("grad_clip and time_limit must not be negative (0: none)")

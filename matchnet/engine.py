@@ -7,10 +7,15 @@ restored after), `best/` by the first validation metric, `final/`, the resume po
 (written atomically, checked against the config it was started with), the JSONL log, the run record, and
 Ctrl-C/SIGTERM (save a resume point, exit with one line). A task owns only what differs (see `Task`).
 
-Distributed: `torchrun --nproc_per_node=N` sets RANK/WORLD_SIZE; `init_distributed` then starts the process
-group (NCCL on GPUs, gloo on CPUs), the model is wrapped in DistributedDataParallel, each rank draws its own
-share of the step's episodes (the config's meta-batch is the global one), and rank 0 alone validates, logs,
-writes checkpoints and shows progress. BatchNorm statistics stay per rank by default (what DDP does): every
+Distributed (the process group: matchnet.distributed): the model is wrapped in DistributedDataParallel; the
+engine seeds each rank's generators (rank_seed(seed, rank)) and hands each rank its share of the task's global
+batch (a Shard); rank 0 decides whether to resume and alone validates, logs (loss and accuracy averaged over
+the ranks), writes checkpoints and shows progress. The resume point holds every rank's generators and global
+torch RNG; resumed on another number of processes, each rank re-seeds from (seed, rank, step).
+
+The contract of the draws: at every step rank r draws shard.size items from its own streams, and its streams
+are exactly those of one process with seed rank_seed(seed, r) drawing shard.size items per step; rank 0's
+are those of a 1-process run with the config's seed. BatchNorm statistics stay per rank by default (what DDP does): every
 rank normalises over at least one whole episode, hundreds of images for the shipped recipes, and torch's
 SyncBatchNorm runs only on GPUs; `sync_bn = true` converts to it there, to make N ranks compute exactly
 what one process with the whole meta-batch would.
@@ -24,75 +29,22 @@ import platform
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
-import torch.distributed as tdist
 from safetensors import SafetensorError
 from torch import nn
 from tqdm import tqdm
 
 from . import atomic
 from .checkpoint import CheckpointError, load_state, optimizer_from_flat, optimizer_to_flat, save_state
+from .config import LoopConfig
+from .distributed import (Dist, agree_stop, all_gather_ints, all_mean, barrier, broadcast_text, current_dist,
+                          gather_states, rank_seed, resume_seed)
 from .rundir import (RUNTIME_KEYS, RunLock, TrainingError, check_finite_state, check_resume_config,  # noqa: F401
                      check_run_name, last_finite_loss, prepare_run_dir, read_log)
-
-
-# -- processes -------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in the run: rank 0 of 1 unless torchrun started it."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device: str = "auto") -> Dist:
-    """Start the process group when torchrun set RANK; a plain `python` run starts nothing."""
-    if "RANK" not in os.environ:
-        return Dist()
-    if tdist.is_initialized():
-        return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local)
-    tdist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(tdist.get_rank(), tdist.get_world_size(), local)
-
-
-def current_dist() -> Dist:
-    if tdist.is_available() and tdist.is_initialized():
-        return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    return Dist()
-
-
-def close_distributed() -> None:
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
-
-
-def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
-    """auto | cuda | cpu -> a torch device; under torchrun each rank takes the GPU of its LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
-        return torch.device("cuda", (dist or current_dist()).local_rank)
-    return torch.device(name)
 
 
 def hardware(device: torch.device) -> str:
@@ -109,29 +61,42 @@ def set_deterministic(on: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """Rank 0 keeps the config's seed (a 1-process run is unchanged); other ranks get their own streams."""
-    return seed if rank == 0 else (seed * 1_000_003 + rank * 7_919) % (2 ** 63)
-
-
 # -- what a task provides ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of a step: `size` of the task's `global_batch` items (global_batch // world), for
+    `step` (0-based, the step whose batch is drawn)."""
+
+    rank: int = 0
+    world: int = 1
+    size: int = 1
+    step: int = 0
+
 
 class Task(Protocol):
     """What one kind of model brings to the loop.
 
-    model:      the nn.Module to train (unwrapped; the engine wraps it in DDP when distributed).
-    generators: the random generators that draw training batches, saved in the resume point.
-    batch():    this rank's share of the next step's training batch.
+    model:        the nn.Module to train (unwrapped; the engine wraps it in DDP when distributed).
+    generators:   the random generators that draw training batches (torch.Generator, or anything with
+                  get_state/set_state/manual_seed). The engine seeds them, rank r's stream i with
+                  rank_seed(cfg.seed, r) + i, before step 1 of a fresh run, and saves them in the resume point.
+    global_batch: the items (episodes, images, pairs) one step draws over all processes; batch_key names the
+                  config key it comes from, for the message when it cannot be split over the processes.
+    batch(shard): this rank's share of the next step's training batch: shard.size items (global_batch //
+                  world) drawn from this rank's generators; shard.step, shard.rank, shard.world for the rest.
     loss(net, batch): (loss to minimise, training accuracy in [0, 1]); `net` may be the DDP wrapper: call it,
-                not task.model, so gradients are all-reduced.
+                  not task.model, so gradients are all-reduced. The log shows both averaged over the ranks.
     validate(model): {metric: value}, higher is better; the first one selects best/. Runs in eval mode.
     save(model, folder): write a checkpoint folder (best/, final/).
     """
 
     model: nn.Module
-    generators: list[torch.Generator]
+    generators: list[Any]
+    global_batch: int
+    batch_key: str
 
-    def batch(self) -> Any: ...
+    def batch(self, shard: Shard) -> Any: ...
     def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
     def validate(self, model: nn.Module) -> dict[str, float]: ...
     def save(self, model: nn.Module, folder: Path) -> None: ...
@@ -139,15 +104,17 @@ class Task(Protocol):
 
 @dataclass
 class FunctionTask:
-    """A Task from plain functions (the baselines build theirs this way)."""
+    """A Task from plain functions (every task in the package builds its own this way)."""
 
     model: nn.Module
-    generators: list[torch.Generator]
-    batch: Callable[[], Any]
+    generators: list[Any]
+    batch: Callable[[Shard], Any]
     loss: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]]
     validate: Callable[[nn.Module], dict[str, float]]
     save: Callable[[nn.Module, Path], None]
     log_extras: Callable[[nn.Module], dict[str, float]] | None = None
+    global_batch: int = 1
+    batch_key: str = "meta_batch"
 
 
 def run_validation(model: nn.Module, validate: Callable[[nn.Module], dict[str, float]]) -> dict[str, float]:
@@ -161,15 +128,15 @@ def run_validation(model: nn.Module, validate: Callable[[nn.Module], dict[str, f
         model.train(was_training)
 
 
-def learning_rate(cfg: Any, step: int) -> float:
-    """Linear warm-up, then cosine decay to 0 (or `step`: halve four times; `constant`)."""
+def learning_rate(cfg: LoopConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 0 (or `step`: halved four times, at 1/5, 2/5, 3/5 and 4/5 of the
+    steps, so the last fifth runs at lr / 16; or `constant`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    schedule = getattr(cfg, "schedule", "cosine")
-    if schedule == "cosine":
+    if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * step / cfg.steps))
-    if schedule == "step":
-        return cfg.lr * 0.5 ** (4 * step // cfg.steps)
+    if cfg.schedule == "step":
+        return cfg.lr * 0.5 ** min(4, 5 * step // cfg.steps)
     return cfg.lr
 
 
@@ -207,19 +174,20 @@ class StopRequest:
 
 # -- the loop ----------------------------------------------------------------------------------------------
 
-def fit(task: Task, cfg: Any, run_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
+def fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """Train task.model in run_dir, which this run owns (locked, rank 0) for its whole life; see _fit."""
     with RunLock(run_dir, enabled=current_dist().is_main):
         return _fit(task, cfg, run_dir, **options)
 
 
-def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = True, stop_after: int | None = None,
-         record: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
+def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: bool = True,
+         stop_after: int | None = None, record: dict[str, Any] | None = None,
+         started: float | None = None) -> dict[str, Any]:
     """Train task.model for cfg.steps (or `stop_after` more steps, as a crash would); returns a summary.
 
-    Reads from cfg: name, steps, lr, weight_decay, warmup_steps, val_every, log_every, checkpoint_every,
-    progress and, when present, schedule, amp, grad_clip, time_limit (seconds), sync_bn.
-    Writes run_dir/{train_config.json, run.json, log.jsonl, last.safetensors, best/, final/} (rank 0 only).
+    Reads cfg's LoopConfig fields (matchnet.config). Writes run_dir/{train_config.json, run.json, log.jsonl,
+    last.safetensors, best/, final/} (rank 0 only). Under torchrun rank 0 decides whether the run resumes; a
+    rank that cannot read the same resume point, or restores another step, stops every rank with one message.
     `started`: a time.perf_counter() from before data loading, so that the log's times count start-up too.
     """
     t0 = time.perf_counter() if started is None else started
@@ -228,19 +196,27 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
     main = dist.is_main
     model = task.model
     device = next(model.parameters()).device
+    shard = _shard(task, dist)
     settings = config_dict(cfg)
     last, log = run_dir / "last.safetensors", run_dir / "log.jsonl"
-    resuming = resume and last.is_file()
+    resuming = _agree_resume(resume and last.is_file(), last, dist)
+    error = None
     if main:
-        check_run_name(cfg.name)
-        prepare_run_dir(run_dir, fresh=not resuming, settings=settings, restart=not resume)
-    _barrier(dist)
+        try:
+            check_run_name(cfg.name)
+            prepare_run_dir(run_dir, fresh=not resuming, settings=settings, restart=not resume,
+                            defaults=_defaults(cfg))
+        except (TrainingError, ValueError) as e:
+            error = str(e)
+    _raise_on_every_rank(broadcast_text(error, dist))
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            fused=device.type == "cuda")
     step, best, elapsed = 0, -math.inf, 0.0
     if resuming:
-        step, best, elapsed = _resume(last, model, opt, task.generators, dist)
+        step, best, elapsed = _resume_agreed(last, model, opt, task.generators, dist, cfg.seed)
+    else:
+        _seed(task.generators, cfg.seed, dist)
     guard = FiniteGuard(device)
     if main:
         history = read_log(log, step)
@@ -252,23 +228,20 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
 
     net: nn.Module = model
     if dist.enabled:
-        if getattr(cfg, "sync_bn", False) and device.type == "cuda":
+        if cfg.sync_bn and device.type == "cuda":
             # replaces the BatchNorm children in place (the top module is not a BatchNorm): task.model stays it
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                   else None)
 
-    amp = bool(getattr(cfg, "amp", False)) and device.type == "cuda"
-    grad_clip = float(getattr(cfg, "grad_clip", 0.0))
-    limit = float(getattr(cfg, "time_limit", 0.0))
+    amp = cfg.amp and device.type == "cuda"
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    loss_sum = torch.zeros((), device=device)
-    acc_sum = torch.zeros((), device=device)
+    sums = torch.zeros(2, device=device)  # loss, accuracy: summed on the device, no host sync per step
     since, first_step = 0, step + 1
     out_of_time, stopped = False, None
 
     def checkpoint() -> None:
-        rng = _gather_rng(task.generators, dist)  # a collective: every rank takes part, rank 0 writes
+        rng = _gather_rng(task.generators, device, dist)  # a collective: every rank takes part, rank 0 writes
         if not main:
             return
         opt_tensors, opt_info = optimizer_to_flat(opt)
@@ -284,35 +257,35 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
             lr = learning_rate(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            batch = task.batch()
+            batch = task.batch(replace(shard, step=step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, acc = task.loss(net, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = None
-            if grad_clip > 0:
-                norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if cfg.grad_clip > 0:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             guard.step(step + 1, loss, norm)
-            loss_sum += loss.detach().float()  # summed on the device: no host sync per step
-            acc_sum += acc.detach().float()
+            sums += torch.stack([loss.detach().float(), acc.detach().float()])
             since += 1
             step += 1
             bar.update(1)
-            stopped, out_of_time = _agree_stop(stop.signal, limit > 0 and time.perf_counter() - t0 > limit, dist,
-                                               device)
+            stopped, out_of_time = agree_stop(
+                stop.signal, cfg.time_limit > 0 and time.perf_counter() - t0 > cfg.time_limit, dist)
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
-            if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end or validate_now or \
-                    stopped:  # before anything is logged or written: a NaN never reaches a file
-                guard.check(step, model, opt, dist, cfg, bar)
-            if main and (step % cfg.log_every == 0 or step == end or validate_now or stopped):
-                entry = {"step": step, "steps_averaged": [step - since + 1, step],
-                         "loss": loss_sum.item() / since, "train_acc": 100 * acc_sum.item() / since,
+            log_now = step % cfg.log_every == 0 or step == end or validate_now or stopped
+            if log_now or step % cfg.checkpoint_every == 0:  # before anything is logged or written: a NaN never
+                guard.check(step, model, opt, dist, cfg, bar)  # reaches a file (a collective under torchrun)
+            if log_now:  # a collective: every rank's share of the loss and accuracy, not rank 0's alone
+                mean_loss, mean_acc = all_mean(sums / since, dist).tolist()
+                sums.zero_()
+                averaged, since = [step - since + 1, step], 0
+            if main and log_now:
+                entry = {"step": step, "steps_averaged": averaged, "loss": mean_loss, "train_acc": 100 * mean_acc,
                          "lr": lr}
                 if getattr(task, "log_extras", None) is not None:
                     entry.update(task.log_extras(model))
-                loss_sum.zero_(), acc_sum.zero_()
-                since = 0
                 if validate_now:
                     scores = run_validation(model, task.validate)
                     entry.update(scores)
@@ -341,7 +314,7 @@ def _fit(task: Task, cfg: Any, run_dir: str | os.PathLike, *, resume: bool = Tru
                       "first_step_this_session": first_step, **summary, **(record or {})}
         _guard_write(run_dir / "run.json",
                      lambda: atomic.write_text(run_dir / "run.json", json.dumps(run_record, indent=2) + "\n"))
-    _barrier(dist)
+    barrier(dist)
     return summary
 
 
@@ -373,7 +346,8 @@ class FiniteGuard:
         broken = torch.stack([~torch.isfinite(t).all() for t in state]).any().to(self.bad_step.device)
         flags = torch.stack([self.bad_step, broken.long()])
         if dist.enabled:  # every rank stops at the same step
-            flags = flags.to(flags.device if flags.device.type == "cuda" else "cpu")
+            import torch.distributed as tdist
+
             tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
         first, broken_state = (int(x) for x in flags.tolist())
         if not first and not broken_state:
@@ -402,45 +376,92 @@ def _guard_write(path: Path, write: Callable[[], Any]) -> None:
                             "or set out_dir to another folder, then run the same command to resume") from None
 
 
-def _barrier(dist: Dist) -> None:
-    if dist.enabled:
-        tdist.barrier()
+def _defaults(cfg: Any) -> dict[str, Any]:
+    """The config class's defaults: a key a run recorded before it existed, now at its default, is no change."""
+    try:
+        return config_dict(type(cfg)())
+    except TypeError:
+        return {}
 
 
-def _agree_stop(signum: int | None, out_of_time: bool, dist: Dist,
-                device: torch.device) -> tuple[int | None, bool]:
-    """Every rank stops at the same step if any rank was signalled (torchrun signals them all) or ran out of
-    time (clocks differ a little between processes)."""
-    if not dist.enabled:
-        return signum, out_of_time
-    flags = torch.tensor([signum or 0, int(out_of_time)], device=device if device.type == "cuda" else "cpu")
-    tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-    return int(flags[0]) or None, bool(flags[1])
+def _raise_on_every_rank(error: str | None) -> None:
+    if error is not None:
+        raise TrainingError(error)
 
 
-def _gather_rng(generators: list[torch.Generator], dist: Dist) -> dict[str, torch.Tensor]:
-    """Every rank's generator states (rank 0 writes them all into the resume point)."""
-    out = {}
+def _shard(task: Task, dist: Dist) -> Shard:
+    """This rank's share of the task's global batch; one that does not split evenly fails before step 1."""
+    total = getattr(task, "global_batch", 1)
+    if total % dist.world:
+        raise TrainingError(f"{getattr(task, 'batch_key', 'the batch')} = {total} per step cannot be split evenly "
+                            f"over {dist.world} processes; choose a multiple of {dist.world}")
+    return Shard(dist.rank, dist.world, total // dist.world)
+
+
+def _seed(generators: list[Any], seed: int, dist: Dist) -> None:
+    """A fresh run: rank r's stream i starts at rank_seed(seed, r) + i (rank 0: what one process draws). Rank 0
+    leaves the global torch RNG (dropout) where the model's initialisation left it; the others re-seed it, so
+    that no two ranks drop the same units."""
     for i, g in enumerate(generators):
-        state = g.get_state()
-        if dist.enabled:
-            parts = [torch.empty_like(state) for _ in range(dist.world)]
-            if tdist.get_backend() == "nccl":
-                dev = torch.device("cuda", dist.local_rank)
-                gpu = [p.to(dev) for p in parts]
-                tdist.all_gather(gpu, state.to(dev))
-                parts = [p.cpu() for p in gpu]
-            else:
-                tdist.all_gather(parts, state)
-            for r, p in enumerate(parts):
-                out[f"rng.{i}.rank{r}"] = p
-        else:
-            out[f"rng.{i}.rank0"] = state
-    return out
+        g.manual_seed(rank_seed(seed, dist.rank) + i)
+    if dist.rank > 0:
+        torch.manual_seed(rank_seed(seed, dist.rank))
 
 
-def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators: list[torch.Generator],
-            dist: Dist) -> tuple[int, float, float]:
+def _agree_resume(has_point: bool, last: Path, dist: Dist) -> bool:
+    """Rank 0 decides whether the run resumes; it does only if every rank sees the resume point."""
+    seen = [flags[0] for flags in all_gather_ints([int(has_point)], dist)]
+    if not seen[0]:
+        return False
+    missing = [r for r, has in enumerate(seen) if not has]
+    if missing:
+        raise TrainingError(f"{last}: rank 0 resumes from it but rank(s) {', '.join(map(str, missing))} of "
+                            f"{dist.world} cannot see it: every process must read the same run folder (put out_dir "
+                            "on a file system they share), or pass --restart to start over")
+    return True
+
+
+def _resume_agreed(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators: list[Any], dist: Dist,
+                   seed: int) -> tuple[int, float, float]:
+    """_resume on every rank; a rank that fails, or restores another step than rank 0, stops every rank."""
+    error, step, best, elapsed = None, -1, -math.inf, 0.0
+    try:
+        step, best, elapsed = _resume(last, model, opt, generators, dist, seed)
+    except TrainingError as e:
+        error = str(e)
+    steps = [s[0] for s in all_gather_ints([step], dist)]
+    if error is not None:
+        raise TrainingError(error)
+    failed = [r for r, s in enumerate(steps) if s < 0]
+    if failed:
+        raise TrainingError(f"{last}: rank(s) {', '.join(map(str, failed))} could not read the resume point; "
+                            "every process must read the same run folder, or pass --restart to start over")
+    if len(set(steps)) > 1:
+        raise TrainingError(f"{last}: the processes restored different steps ({', '.join(f'rank {r}: {s}' for r, s in enumerate(steps))}); "
+                            "they do not read the same run folder: put out_dir on a file system they share, or "
+                            "pass --restart to start over")
+    return step, best, elapsed
+
+
+def _rng_states(generators: list[Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """This rank's random state: the task's generators, then the global torch RNG (dropout) on the CPU and the
+    model's GPU."""
+    states = {f"rng.{i}": g.get_state() for i, g in enumerate(generators)}
+    states["torch_rng.cpu"] = torch.get_rng_state()
+    if device.type == "cuda":
+        states["torch_rng.cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _gather_rng(generators: list[Any], device: torch.device, dist: Dist) -> dict[str, torch.Tensor]:
+    """Every rank's random states, named NAME.rank<r> (rank 0 writes them all into the resume point)."""
+    mine = _rng_states(generators, device)
+    gathered = gather_states(list(mine.values()), dist)
+    return {f"{name}.rank{r}": part for name, parts in zip(mine, gathered) for r, part in enumerate(parts)}
+
+
+def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators: list[Any], dist: Dist,
+            seed: int = 0) -> tuple[int, float, float]:
     hint = "pass --restart to start the run over"
     try:
         tensors, info = load_state(last)
@@ -453,19 +474,30 @@ def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators
         optimizer_from_flat(opt, tensors, info["optimizer"])
     except (RuntimeError, KeyError, ValueError) as e:
         raise TrainingError(f"{last}: does not fit this model ({str(e).splitlines()[0][:200]}); {hint}") from None
+    same_world = info.get("world", 1) == dist.world
+    if not same_world:  # another number of processes: re-derive every stream from (seed, rank, step)
+        for i, g in enumerate(generators):
+            g.manual_seed(resume_seed(seed, dist.rank, step, i))
+        torch.manual_seed(resume_seed(seed, dist.rank, step, len(generators)))
+        if dist.is_main:
+            print(f"warning: {last} was written by {info.get('world', 1)} process(es), this run has "
+                  f"{dist.world}: episodes are re-seeded from (seed, rank, step)", file=sys.stderr)
+        return step, best, float(info.get("elapsed", 0.0))
     for i, g in enumerate(generators):
-        key = f"rng.{i}.rank{dist.rank}"
-        legacy = {0: ("sampler_rng", "rng")}.get(i, ())
-        state = tensors.get(key)
-        for name in legacy:  # resume points written before the engine
-            state = tensors.get(name, state) if state is None else state
-        if state is not None and info.get("world", 1) == dist.world:
+        state = tensors.get(f"rng.{i}.rank{dist.rank}")
+        for name in {0: ("sampler_rng", "rng")}.get(i, ()):  # resume points written before the engine
+            state = tensors.get(name) if state is None else state
+        if state is not None:
             g.set_state(state)
-        else:  # another number of processes: re-derive this rank's stream from (seed, rank, step)
-            g.manual_seed(rank_seed(step + 1, dist.rank) + i)
-            if dist.is_main:
-                print(f"warning: {last} was written by {info.get('world', 1)} process(es), this run has "
-                      f"{dist.world}: episodes are re-seeded from the step", file=sys.stderr)
+        else:
+            g.manual_seed(resume_seed(seed, dist.rank, step, i))
+    cpu = tensors.get(f"torch_rng.cpu.rank{dist.rank}")  # absent from resume points written before it was saved
+    if cpu is not None:
+        torch.set_rng_state(cpu)
+    cuda = tensors.get(f"torch_rng.cuda.rank{dist.rank}")
+    device = next(model.parameters()).device
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     return step, best, float(info.get("elapsed", 0.0))
 
 

@@ -118,22 +118,26 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
+def _differences(before: dict[str, Any], now: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+    """The keys that change what the run computes. A key the recorded run did not have (an option added to the
+    config since) at its default now is no change: the old run computed exactly that."""
+    defaults = defaults or {}
     differ = sorted(k for k in set(before) | set(now)
-                    if k not in RUNTIME_KEYS and before.get(k, "<absent>") != now.get(k, "<absent>"))
+                    if k not in RUNTIME_KEYS and before.get(k, "<absent>") != now.get(k, "<absent>")
+                    and not (k not in before and k in defaults and now.get(k) == defaults[k]))
     return ", ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}" for k in differ)
 
 
-def check_resume_config(run_dir: Path, now: dict[str, Any]) -> None:
+def check_resume_config(run_dir: Path, now: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
     """The config a run resumes with must compute what the run started computing; runtime keys may differ."""
     before = recorded_config(run_dir)
-    said = _differences(before, now) if before is not None else ""
+    said = _differences(before, now, defaults) if before is not None else ""
     if said:
         raise TrainingError(f"{run_dir}/last.safetensors was started with another config ({said}); "
                             "resume with the same settings, or pass --restart to start over")
 
 
-def check_run_record(run_dir: Path, now: dict[str, Any]) -> None:
+def check_run_record(run_dir: Path, now: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
     """No resume point, but an earlier run's results: refuse another config; the same one starts over (a line)."""
     held = [name + ("/" if (run_dir / name).is_dir() else "") for name in RECORD if (run_dir / name).exists()]
     if not held:
@@ -145,7 +149,7 @@ def check_run_record(run_dir: Path, now: dict[str, Any]) -> None:
         raise TrainingError(f"{run_dir} holds an earlier run ({', '.join(held)}) without its train_config.json, "
                             f"and last.safetensors {why}; pass --restart to replace that run, or choose "
                             "another out_dir (--set out_dir=...)")
-    said = _differences(before, now)
+    said = _differences(before, now, defaults)
     if said:
         raise TrainingError(f"{run_dir} holds a run started with another config ({said}) and its resume point "
                             f"last.safetensors {why}; pass --restart to replace that run ({', '.join(held)}), "
@@ -155,7 +159,7 @@ def check_run_record(run_dir: Path, now: dict[str, Any]) -> None:
 
 
 def prepare_run_dir(run_dir: Path, fresh: bool, settings: dict[str, Any] | None = None,
-                    restart: bool = False) -> None:
+                    restart: bool = False, defaults: dict[str, Any] | None = None) -> None:
     """Check the folder takes files, remove killed writers' temporary files, check what an earlier run left.
 
     fresh: no resume point is used (--restart, or none there); the earlier run's files are then removed, after
@@ -173,10 +177,10 @@ def prepare_run_dir(run_dir: Path, fresh: bool, settings: dict[str, Any] | None 
         if tmp.name in _LEGACY_TEMPS:
             tmp.unlink(missing_ok=True)
     if not fresh:
-        check_resume_config(run_dir, settings or {})
+        check_resume_config(run_dir, settings or {}, defaults)
         return
     if not restart and settings is not None:
-        check_run_record(run_dir, settings)
+        check_run_record(run_dir, settings, defaults)
     # --restart (or no resume point): nothing of an older run may be resumed or mistaken for this one
     for name in ("last.safetensors", "log.jsonl", "train_config.json", "run.json"):
         (run_dir / name).unlink(missing_ok=True)

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import check_pairs, check_positive, config_from_dict, config_from_toml
+from .config import LoopConfig, check_pairs, check_positive
 from .data import load_splits
 from .data.fewshot import FewShotSplit
-from .engine import (FunctionTask, TrainingError, current_dist, fit, learning_rate, rank_seed, resolve_device,
-                     run_validation, set_deterministic)
+from .distributed import current_dist, rank_seed, resolve_device
+from .engine import FunctionTask, Shard, TrainingError, fit, learning_rate, run_validation, set_deterministic
 from .alphabets import training_sampler
 from .episodes import EpisodeSampler
 from .evaluate import evaluate, model_predictor
@@ -33,7 +33,10 @@ __all__ = ["TrainConfig", "build", "episode_loss", "learning_rate", "make_step",
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(LoopConfig):
+    """The image Matching Network's recipe; the loop's own fields (steps, lr, schedule, seed...) are
+    matchnet.config.LoopConfig's."""
+
     name: str = "omniglot-vinyals"
     # data
     dataset: str = "omniglot"  # omniglot | miniimagenet | folder (matchnet.data.load_splits)
@@ -59,56 +62,34 @@ class TrainConfig:
     augment: bool = False  # Koch et al.'s small affine distortions, on the device (matchnet.augment)
     preprocess: str = "none"  # none | app: train on images put through the demo's preprocessing
     steps: int = 20000
-    # optimizer
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_steps: int = 0
     # validation on the val classes: [way, shot] tasks; the first one selects the best model
     val_tasks: list = field(default_factory=lambda: [[20, 1]])
-    val_every: int = 1000
     val_episodes: int = 500
     val_query: int = 15
     val_protocol: str = "standard"  # standard | within-alphabet (Lake et al.: one alphabet, two drawers)
     # runtime
-    seed: int = 0
     deterministic: bool = False  # torch's deterministic algorithms: same losses run to run (slower on GPUs)
     device: str = "auto"  # auto | cuda | cpu
-    amp: bool = False  # bf16 autocast
     channels_last: bool = False
     compile: bool = False
-    sync_bn: bool = False  # with torchrun on GPUs: SyncBatchNorm (see matchnet.engine)
-    log_every: int = 100
-    checkpoint_every: int = 1000  # steps between resume points (a crash loses at most this many)
     out_dir: str = ""  # default runs/<name>
-    progress: bool = True
-
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        return config_from_toml(cls, path, **overrides)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        return config_from_dict(cls, values, source)
 
     def check(self) -> None:
         """Checks that need no data (the rest: check_against_data, before step 1)."""
-        choices = {"schedule": ("cosine", "step", "constant"), "device": ("auto", "cuda", "cpu"),
-                   "train_on": ("train", "trainval"), "preprocess": ("none", "app"),
-                   "val_protocol": ("standard", "within-alphabet")}
+        super().check()
+        choices = {"device": ("auto", "cuda", "cpu"), "train_on": ("train", "trainval"),
+                   "preprocess": ("none", "app"), "val_protocol": ("standard", "within-alphabet")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 extra = (" (training on the test classes would make every test number meaningless)"
                          if key == "train_on" and self.train_on == "test" else "")
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}{extra}")
-        check_positive(self, "way", "shot", "query", "meta_batch", "steps", "val_every", "val_episodes",
-                       "val_query", "log_every", "checkpoint_every", "hidden", "fce_steps")
+        check_positive(self, "way", "shot", "query", "meta_batch", "val_episodes", "val_query", "hidden",
+                       "fce_steps")
         if self.way < 2:
             raise ValueError("way must be at least 2: a 1-way episode has nothing to choose between")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("lr must be positive and weight_decay, warmup_steps not negative")
         check_pairs("val_tasks", self.val_tasks)
         if not 0.0 <= self.within_alphabet <= 1.0:
             raise ValueError(f"within_alphabet is a fraction of episodes, 0 to 1, got {self.within_alphabet}")
@@ -189,7 +170,7 @@ def make_step(model: MatchingNetwork, opt: torch.optim.Optimizer, sampler: Episo
     def step(lr: float):
         for group in opt.param_groups:
             group["lr"] = lr
-        ep = task.batch()
+        ep = task.batch(Shard(size=cfg.meta_batch))
         loss, acc = task.loss(model, ep)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,22 +216,22 @@ def validate(model: MatchingNetwork, cfg: TrainConfig, val_split: FewShotSplit) 
 
 
 def matching_task(model: MatchingNetwork, sampler: EpisodeSampler, cfg: TrainConfig,
-                  val_split: FewShotSplit | None, per_rank: int | None = None) -> FunctionTask:
-    """The Matching Network as an engine task: episodes from `sampler`, eq. 2's loss, val accuracy."""
+                  val_split: FewShotSplit | None) -> FunctionTask:
+    """The Matching Network as an engine task: episodes from `sampler` (cfg.meta_batch over all ranks), eq. 2's
+    loss, val accuracy."""
     from .checkpoint import save_model
 
     loss_fn = torch.compile(episode_loss) if cfg.compile else episode_loss
-    episodes = per_rank or cfg.meta_batch
 
     def loss(net: torch.nn.Module, ep) -> tuple[torch.Tensor, torch.Tensor]:
         value, correct = loss_fn(net, ep, cfg.amp)
         return value, correct / ep.query_labels.numel()
 
     return FunctionTask(
-        model=model, generators=[sampler.generator], batch=lambda: sampler.sample(episodes), loss=loss,
+        model=model, generators=[sampler.generator], batch=lambda shard: sampler.sample(shard.size), loss=loss,
         validate=lambda m: validate(m, cfg, val_split),
         save=lambda m, folder: save_model(m, folder),
-        log_extras=lambda m: {"scale": float(m.scale.detach())},
+        log_extras=lambda m: {"scale": float(m.scale.detach())}, global_batch=cfg.meta_batch,
     )
 
 
@@ -281,5 +262,5 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
     train_split = splits[cfg.train_on].to(device)
     val_split = splits["val"].to(device)
     model, _, sampler = build(cfg, train_split, device, dist.rank)
-    task = matching_task(model, sampler, cfg, val_split, per_rank=cfg.meta_batch // dist.world)
+    task = matching_task(model, sampler, cfg, val_split)
     return fit(task, cfg, cfg.run_dir, resume=resume, stop_after=stop_after, started=t0)

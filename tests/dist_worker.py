@@ -56,7 +56,7 @@ def fixed_task(cfg, rank: int, world: int, halves: bool):
         return Episodes(ep.support[sl], ep.support_labels[sl], ep.query[sl], ep.query_labels[sl], ep.classes[sl],
                         ep.n_way)
 
-    def batch():
+    def batch(shard):
         ep = episodes[counter[0]]
         counter[0] += 1
         return ep if halves else part(ep, rank, share)
@@ -69,20 +69,30 @@ def fixed_task(cfg, rank: int, world: int, halves: bool):
     gen = torch.Generator().manual_seed(0)
     from matchnet.checkpoint import save_model
     return FunctionTask(model, [gen], batch, loss, lambda m: validate(m, cfg, glyph_splits()["val"]),
-                        lambda m, folder: save_model(m, folder)), counter
+                        lambda m, folder: save_model(m, folder), global_batch=cfg.meta_batch), counter
 
 
 def run(rank: int, world: int, port: int, out: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from matchnet.engine import close_distributed, fit, init_distributed
+    from matchnet.distributed import close_distributed, init_distributed
+    from matchnet.engine import fit
     from matchnet.train import train
 
+    if mode in ("draws", "separate"):  # tests/test_distributed.py: a hang must end in an error, not block CI
+        import datetime
+
+        import torch.distributed as tdist
+        tdist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
     init_distributed("cpu")
     try:
         out_dir = Path(out)
-        if mode == "equivalence":  # two steps on fixed episodes, each rank half of them
+        if mode == "draws":
+            draws_run(rank, world, out_dir)
+        elif mode == "separate":
+            separate_folders_run(rank, world, out_dir)
+        elif mode == "equivalence":  # two steps on fixed episodes, each rank half of them
             cfg = config(out_dir, 2)
             task, _ = fixed_task(cfg, rank, world, halves=False)
             fit(task, cfg, out_dir, resume=False)
@@ -95,3 +105,110 @@ def run(rank: int, world: int, port: int, out: str, mode: str) -> None:
             train(config(out_dir, 4), splits=glyph_splits(), resume=mode == "resume")
     finally:
         close_distributed()
+
+
+# -- tests/test_distributed.py's runs ------------------------------------------------------------------------
+
+def recording(module, draws: list, tasks: list | None = None):
+    """Replace module.fit by one that records every batch the task draws (and the task), then trains."""
+    real = module.fit
+
+    def fit(task, *args, **kw):
+        batch = task.batch
+
+        def recorded(shard):
+            out = batch(shard)
+            draws.append(out)
+            return out
+        task.batch = recorded
+        if tasks is not None:
+            tasks.append(task)
+        return real(task, *args, **kw)
+    module.fit = fit
+    return real
+
+
+def draw_tensors(draws: list, kind: str) -> dict[str, torch.Tensor]:
+    """What a run drew, as tensors: episodes (classes and support images) or classifier (classes, drawings)."""
+    if kind == "matching":
+        return {f"{i}.{k}": getattr(ep, k).contiguous() for i, ep in enumerate(draws) for k in ("classes", "support")}
+    return {f"{i}.{j}": t.contiguous() for i, d in enumerate(draws) for j, t in enumerate(d)}
+
+
+def classifier_config(out: Path, **kw):
+    from matchnet.baselines import ClassifierConfig
+
+    base = dict(name="clf", hidden=8, batch=8, steps=2, warmup_steps=0, val_every=2, val_episodes=5,
+                val_tasks=[[5, 1]], log_every=1, checkpoint_every=2, progress=False)
+    return ClassifierConfig(**{**base, **kw})
+
+
+def sentence_task(**kw):
+    """A tiny synthetic corpus (4 label words, 40 sentences) and a small PTB-style config: (cfg, pool)."""
+    from matchnet.language.episodes import build_pool
+    from matchnet.language.train import SentenceConfig
+
+    words = list(range(10, 14))
+    sentences = [[2 + (s % 5), words[s % 4], 7 + (s % 3), 8] for s in range(40)]
+    pool = build_pool(sentences, words, min_sentences=4)
+    base = dict(embed_dim=8, hidden=8, way=2, shots=[1], query=1, meta_batch=2, steps=2, warmup_steps=0, val_way=2,
+                val_episodes=4, val_every=2, log_every=1, checkpoint_every=2, progress=False)
+    return SentenceConfig(**{**base, **kw}), pool
+
+
+def draws_run(rank: int, world: int, out_dir: Path) -> None:
+    """Two steps of the Matching Network (the real sampler), of the baseline classifier and of the PTB sentence
+    task; each rank saves what it drew."""
+    import matchnet.baselines.classifier as classifier
+    import matchnet.language.train as sentences
+    import matchnet.train as matching
+
+    splits = glyph_splits()
+    episodes: list = []
+    recording(matching, episodes)
+    matching.train(config(out_dir / "matching", 2), splits=splits, resume=False)
+    images: list = []
+    recording(classifier, images)
+    classifier.train_classifier(classifier_config(out_dir), splits, out_dir / "clf", torch.device("cpu"),
+                                resume=False)
+    blanks: list = []
+    recording(sentences, blanks)
+    cfg, pool = sentence_task()
+    sentences.train(cfg, 20, pool, pool, out_dir / "ptb", resume=False)
+    save_file({**{f"matching.{k}": v for k, v in draw_tensors(episodes, "matching").items()},
+               **{f"classifier.{k}": v for k, v in draw_tensors(images, "classifier").items()},
+               **{f"ptb.{k}": v for k, v in draw_tensors(blanks, "matching").items()}},
+              str(out_dir / f"draws{rank}.safetensors"))
+
+
+def separate_folders_run(rank: int, world: int, out_dir: Path) -> None:
+    """Each rank with its own run folder (machines that share no file system). Rank 0 writes a resume point at
+    step 2 into its folder only; resuming must refuse on every rank. Then rank 1 gets a copy of it: both resume
+    at step 2 and rank 0 alone moves on to step 3; resuming again must refuse (steps 3 and 2)."""
+    import shutil
+
+    import torch.distributed as tdist
+    from matchnet.engine import TrainingError
+    from matchnet.train import train
+
+    mine = out_dir / f"rank{rank}"
+    splits = glyph_splits()
+    outcome = []
+
+    def attempt(**kw):
+        try:
+            train(config(mine, 4), splits=splits, **kw)
+            outcome.append("trained")
+        except TrainingError as e:
+            outcome.append(f"refused: {e}")
+
+    attempt(resume=False, stop_after=2)
+    attempt()  # rank 1 sees no last.safetensors
+    tdist.barrier()
+    if rank == 1:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.copytree(out_dir / "rank0", mine)
+    tdist.barrier()
+    attempt(stop_after=1)  # both at step 2: agreed
+    attempt()  # rank 0 at step 3, rank 1 at step 2
+    (out_dir / f"outcome{rank}.json").write_text(__import__("json").dumps(outcome))

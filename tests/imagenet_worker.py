@@ -19,7 +19,7 @@ def run(rank: int, world: int, port: int, root: str, out: str, classes: list[str
     import torch
 
     torch.set_num_threads(1)
-    from matchnet.engine import close_distributed, init_distributed
+    from matchnet.distributed import close_distributed, init_distributed
     from matchnet.imagenet.tasks import train_classifier
 
     init_distributed("cpu")

@@ -151,15 +151,25 @@ def test_config_files_errors_name_the_file(tmp_path):
         TrainConfig.from_toml(bad)
 
 
-def test_deterministic_runs_log_identical_losses(tmp_path):
+@pytest.fixture
+def restore_determinism():
+    """train(deterministic=True) turns torch's global flag on: turn it back off even when the test fails."""
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_deterministic_runs_log_identical_losses(tmp_path, restore_determinism):
     splits = glyph_splits()
     logs = []
     for name in ("a", "b"):
         cfg = config(tmp_path / name, 4, deterministic=True)
         train(cfg, splits=splits)
         logs.append([json.loads(x)["loss"] for x in (cfg.run_dir / "log.jsonl").read_text().splitlines()])
+    assert torch.are_deterministic_algorithms_enabled()
     assert logs[0] == logs[1]
-    torch.use_deterministic_algorithms(False)
 
 
 def test_fce_training_episodes_present_the_support_set_in_random_order():
@@ -200,6 +210,12 @@ def test_two_ranks_with_half_the_episodes_each_equal_one_process(tmp_path):
     assert len(params) == 12 and all(torch.allclose(ddp[k], one[k], atol=1e-6, rtol=1e-5) for k in params)
     start = cfg.model().state_dict()
     assert any(not torch.allclose(one[k], start[k]) for k in params)  # it did train
+    # the log shows the loss and accuracy of the whole step (both ranks' shares), as the one process logs them
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (tmp_path / "ddp", cfg.run_dir)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2]
+    for ddp_entry, one_entry in zip(*logs):
+        assert ddp_entry["loss"] == pytest.approx(one_entry["loss"], rel=1e-5)
+        assert ddp_entry["train_acc"] == pytest.approx(one_entry["train_acc"], rel=1e-5)
 
 
 def test_a_two_rank_run_resumes_after_a_crash(tmp_path):

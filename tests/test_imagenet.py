@@ -130,18 +130,16 @@ def test_image_stream_decodes_in_workers_names_a_bad_file_and_resumes(imagenet, 
     files = train_files(imagenet)
     classes = list(files)
     stream = ImageStream(files, classes, 32, 16, 0, 0, 1, 2, torch.device("cpu"))
-    batches = [stream.next() for _ in range(18)]  # 288 draws: a whole epoch of 281 files, the bad one among them
+    batches = [stream.next(step) for step in range(18)]  # 288 draws: a whole epoch of 281 files, the bad one among them
     err = [ln for ln in capfd.readouterr().err.splitlines() if "unreadable" in ln]
     assert len(err) == 1 and "_broken.JPEG" in err[0]  # named once, however often it is drawn
     assert 18 * 16 - 2 <= sum(len(b[1]) for b in batches) < 18 * 16  # its batches were one image short
     images, labels = batches[0]
     assert images.shape[1:] == (3, 32, 32) and 0 <= images.min() and images.max() <= 1
-    # a resumed run (the engine restores the position generator's state) goes on with batch 5, here decoded
-    # without workers: the stream is a function of (seed, rank, position) alone
+    # a resumed run (the engine asks for step 5) goes on with batch 5, here decoded without workers: the
+    # stream is a function of (seed, rank, world, step) alone
     fresh = ImageStream(files, classes, 32, 16, 0, 0, 1, 0, torch.device("cpu"))
-    resumed = torch.Generator().manual_seed(5)
-    fresh.position.generator.set_state(resumed.get_state())
-    images5, labels5 = fresh.next()
+    images5, labels5 = fresh.next(5)
     assert torch.equal(labels5, batches[5][1]) and torch.allclose(images5, batches[5][0])
 
 
@@ -149,7 +147,7 @@ def test_episodes_are_fixed_by_seed_rank_and_position(imagenet):
     files = {c: fs for c, fs in train_files(imagenet).items() if "broken" not in str(fs)}
     make = lambda rank: EpisodeStream(files, 5, 1, 3, 32, 2, 0, rank, 2, 0, torch.device("cpu"))  # noqa: E731
     a, b, other = make(0), make(0), make(1)
-    ea, eb, eo = a.next(), b.next(), other.next()
+    ea, eb, eo = a.next(0), b.next(0), other.next(0)
     assert ea.support.shape == (2, 5, 3, 32, 32) and ea.query.shape == (2, 15, 3, 32, 32)
     assert ea.support_labels[0].tolist() == [0, 1, 2, 3, 4] and ea.query_labels[0].tolist() == [0] * 3 + [1] * 3 + \
         [2] * 3 + [3] * 3 + [4] * 3

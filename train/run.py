@@ -7,7 +7,7 @@
   python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
   python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
   python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
-  python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]
+  python train/run.py table {omniglot,ptb,miniimagenet} [--device cuda]   (one process: see cmd_table)
   python train/run.py table imagenet --split rand|dogs --data-root ILSVRC2012 [--device cuda]  (torchrun too)
 
 Every option of a config file can be overridden with --set key=value (values are TOML: --set fce=true).
@@ -49,7 +49,7 @@ def hardware(device) -> str:
 
 def cmd_train(args) -> None:
     """Train from a config; under torchrun every process runs this, rank 0 alone reports."""
-    from matchnet.engine import close_distributed, init_distributed
+    from matchnet.distributed import close_distributed, init_distributed
     from matchnet.train import train
 
     cfg = load_config(args)
@@ -86,7 +86,7 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
                         seed: int, out: Path | None, train_cfg=None, data_options: dict | None = None) -> dict:
     from matchnet.checkpoint import load_model
     from matchnet.data import load_splits
-    from matchnet.engine import resolve_device
+    from matchnet.distributed import resolve_device
     from matchnet.evaluate import COLUMNS, TEST_QUERY, evaluate_table
 
     if out is not None:
@@ -192,7 +192,7 @@ def cmd_ablate_scale(args) -> None:
     from train.costs import UNDER_LOAD, duration, train_cost
     from matchnet.atomic import write_text
     from matchnet.data import load_splits
-    from matchnet.engine import resolve_device
+    from matchnet.distributed import resolve_device
     from matchnet.train import TrainConfig, train
 
     base = load_config(args)
@@ -273,11 +273,25 @@ QUICK_ROWS = {"omniglot": "pixels", "miniimagenet": "pixels"}  # rows that train
 
 
 def cmd_table(args) -> None:
-    """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point."""
+    """Each table lives in its own module (train/table_<task>.py) with a main(args) entry point.
+
+    A table is one process's work: its many small trainings, evaluations and files are run in order, on one
+    device. Started by torchrun, rank 0 runs the whole table as a plain process (no process group, so its
+    trainings are not distributed) and every other rank stops at once, writing nothing. To train a table's
+    Matching Networks on N GPUs, train their configs first with `torchrun ... train`: the table reuses
+    finished runs. `table imagenet` is the exception: its stages are data-parallel, every rank takes part, and
+    rank 0 alone evaluates and writes (train/table_imagenet.py).
+    """
     import importlib
 
+    from matchnet.distributed import launch_rank
     from train.costs import table_cost
 
+    rank = launch_rank()
+    if rank != 0 and args.task != "imagenet":  # table imagenet's stages are data-parallel (train/table_imagenet.py)
+        print(f"rank {rank}: `table {args.task}` runs on rank 0 alone (one process writes the table); nothing to do "
+              "here", file=sys.stderr)
+        return
     if args.quick:  # a first try: rows that train nothing, 100 episodes, outputs outside docs/
         if args.task not in QUICK_ROWS:
             raise ValueError(f"--quick is for {' and '.join(QUICK_ROWS)}; table {args.task}'s rows all train "
@@ -287,10 +301,10 @@ def cmd_table(args) -> None:
         args.episodes = min(args.episodes, 100)
         print(f"table {args.task} --quick: rows {os.environ['TABLE_ROWS']}, {args.episodes} episodes, outputs in "
               f"{os.environ['TABLE_OUT']}/ (docs/ untouched)", flush=True)
-    elif args.device == "cpu" or (args.device == "auto" and not __import__("torch").cuda.is_available()):
+    elif rank == 0 and (args.device == "cpu" or (args.device == "auto" and not __import__("torch").cuda.is_available())):
         print(f"table {args.task} on a CPU: {table_cost(args.task)}", flush=True)
     importlib.import_module(f"table_{args.task}").main(args)
-    if not args.quick and os.environ.get("RANK", "0") == "0":  # under torchrun (table imagenet) one process writes
+    if not args.quick and rank == 0:  # under torchrun (table imagenet) one process writes the docs
         from matchnet.results import write_results_md
 
         write_results_md(ROOT)
@@ -316,7 +330,7 @@ PREDICT_PROGRESS_FROM = 32  # queries: from this many on, a progress bar on stde
 
 def cmd_predict(args) -> None:
     """Classify query images against a support folder (one subfolder of images per class), any checkpoint."""
-    from matchnet.engine import resolve_device
+    from matchnet.distributed import resolve_device
     from matchnet.inputs import query_files
     from matchnet.predict import Predictor
 
@@ -403,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
     p.set_defaults(func=cmd_rebuild)
 
-    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md",
+    p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md "
+                                     "(one process; under torchrun rank 0 alone, but for imagenet)",
                        epilog=table_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=["omniglot", "ptb", "miniimagenet", "imagenet"],
                    help="omniglot: Table 1 and MNIST transfer; ptb: section 4.1.3; miniimagenet: Table 2; "

@@ -88,7 +88,7 @@ def write_markdown(rows: list[dict], path: Path) -> Path:
 class Table:
     def __init__(self, args) -> None:
         from matchnet.config import config_from_toml, part_sets
-        from matchnet.engine import resolve_device
+        from matchnet.distributed import resolve_device
         from matchnet.imagenet.splits import class_split, synsets
         from matchnet.imagenet.tasks import ClassifierConfig, MatchingConfig
 
@@ -126,7 +126,8 @@ class Table:
 
     def stage(self, cfg, train, *a) -> Path:
         """Train (or resume) one stage unless its run folder holds a finished one; its best/ folder."""
-        from matchnet.engine import current_dist, finished
+        from matchnet.distributed import current_dist
+        from matchnet.engine import finished
 
         run_dir = self.runs / cfg.name
         if not finished(run_dir):
@@ -192,7 +193,7 @@ class Table:
             rows["oracle"][column] = ev.oracle_accuracy(table, ids, 5, 1, QUERY, n, seed)
             del table
         seconds = round(time.perf_counter() - started, 1)
-        from matchnet.engine import current_dist
+        from matchnet.distributed import current_dist
 
         out = []
         for key, accs in rows.items():
@@ -209,7 +210,7 @@ class Table:
 
 
 def main(args) -> None:
-    from matchnet.engine import close_distributed, current_dist, init_distributed
+    from matchnet.distributed import close_distributed, current_dist, init_distributed
     from matchnet.results import merge_rows
 
     init_distributed(args.device)

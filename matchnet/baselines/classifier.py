@@ -12,36 +12,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fewshot import FewShotSplit
-from ..engine import FunctionTask, fit
+from ..config import LoopConfig, check_positive
+from ..engine import FunctionTask, Shard, fit
 from ..model import Conv4
 from .features import images_of, validate_nearest_neighbour
 from .encoders import save_encoder
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(LoopConfig):
     name: str = "baseline-classifier"
     split: str = "vinyals"
     train_on: str = "train"  # the Matching Network's training classes; val selects the epoch
     hidden: int = 64
-    batch: int = 256  # images per step, drawn uniformly from all (class, drawing) pairs
+    batch: int = 256  # images per step over all processes, drawn uniformly from all (class, drawing) pairs
     steps: int = 3200  # 256 x 3200 = 10 passes over 4,112 classes x 20 drawings
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_steps: int = 100
     val_every: int = 400
     val_episodes: int = 500
     val_tasks: list = field(default_factory=lambda: [[20, 1], [5, 1]])  # [way, shot]; the first selects
-    log_every: int = 100
     checkpoint_every: int = 400
-    time_limit: float = 0.0  # seconds of training (0: none); reaching it ends the run, best/ is kept
-    seed: int = 0
-    progress: bool = True
 
     def check(self) -> None:
-        for key in ("batch", "steps", "val_every", "val_episodes", "log_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1")
+        super().check()
+        check_positive(self, "batch", "val_episodes")
 
 
 class BaselineClassifier(nn.Module):
@@ -79,11 +73,11 @@ def train_classifier(cfg: ClassifierConfig, splits: dict[str, FewShotSplit], run
     shape = train.images.shape  # [classes, per_class, (C,) H, W]
     model = BaselineClassifier(train.num_classes, cfg.hidden, shape[2] if len(shape) == 5 else 1, shape[-1],
                                train.mean, train.std).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device)  # the engine seeds it per rank
 
-    def batch() -> tuple[torch.Tensor, torch.Tensor]:
-        classes = torch.randint(train.num_classes, (cfg.batch,), device=device, generator=generator)
-        drawings = torch.randint(train.per_class, (cfg.batch,), device=device, generator=generator)
+    def batch(shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = torch.randint(train.num_classes, (shard.size,), device=device, generator=generator)
+        drawings = torch.randint(train.per_class, (shard.size,), device=device, generator=generator)
         return classes, drawings
 
     def loss(net: nn.Module, drawn: tuple[torch.Tensor, torch.Tensor]):
@@ -97,5 +91,6 @@ def train_classifier(cfg: ClassifierConfig, splits: dict[str, FewShotSplit], run
     task = FunctionTask(model, [generator], batch, loss,
                         validate=lambda m: validate_nearest_neighbour(m.features, val, cfg.val_tasks,
                                                                       cfg.val_episodes),
-                        save=lambda m, folder: save_encoder(m.encoder, folder, info))
+                        save=lambda m, folder: save_encoder(m.encoder, folder, info), global_batch=cfg.batch,
+                        batch_key="batch")
     return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)

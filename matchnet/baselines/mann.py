@@ -34,7 +34,8 @@ from torch import nn
 
 from ..data.fewshot import FewShotSplit
 from ..episodes import EpisodeSampler, shuffle_support
-from ..engine import FunctionTask, fit
+from ..config import LoopConfig, check_positive
+from ..engine import FunctionTask, Shard, fit
 from .features import FeatureEpisodes, class_features, evaluate_features
 from .pixels import pixel_features
 from .store import load_weights, read_meta, save_weights
@@ -141,14 +142,14 @@ def mann_predictor(model: MANN, seed: int = 0):
 
 
 @dataclass
-class MANNConfig:
+class MANNConfig(LoopConfig):
     name: str = "baseline-mann"
     split: str = "vinyals"
     train_on: str = "train"
     way: int = 5
     shots: list = field(default_factory=lambda: [1, 5])  # training alternates between these support sizes
     query: int = 5  # queries per class in training episodes
-    meta_batch: int = 16  # episodes per step (Santoro et al.: 16)
+    meta_batch: int = 16  # episodes per step over all processes (Santoro et al.: 16)
     hidden: int = 200  # Santoro et al.'s Omniglot controller and memory sizes
     slots: int = 128
     width: int = 40
@@ -156,25 +157,16 @@ class MANNConfig:
     gamma: float = 0.95
     offset_labels: bool = True  # Santoro's label-after-the-example format; False: each support label with its image
     steps: int = 20000
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_steps: int = 100
     grad_clip: float = 10.0
     val_every: int = 2000
     val_episodes: int = 500
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    time_limit: float = 0.0  # seconds of training (0: none); reaching it ends the run, best/ is kept
-    seed: int = 0
-    progress: bool = True
 
     def check(self) -> None:
+        super().check()
         if not self.shots or not all(isinstance(k, int) and k >= 1 for k in self.shots):
             raise ValueError("shots should be a list of support sizes per class, e.g. [1, 5]")
-        for key in ("way", "query", "meta_batch", "steps", "val_every", "val_episodes", "log_every",
-                    "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1")
+        check_positive(self, "way", "query", "meta_batch", "val_episodes")
 
 
 def build_mann(cfg: MANNConfig, input_dim: int = 784) -> MANN:
@@ -188,16 +180,13 @@ def train_mann(cfg: MANNConfig, splits: dict[str, FewShotSplit], run_dir: Path, 
     val_table = class_features(splits["val"].to(device), pixel_features)
     torch.manual_seed(cfg.seed)
     model = build_mann(cfg, val_table.shape[-1]).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device)  # the engine seeds it per rank
     samplers = [EpisodeSampler(train, cfg.way, k, cfg.query) for k in cfg.shots]
     for sampler in samplers:
         sampler.generator = generator  # one generator, so the resume point holds all the sampling state
-    turn = [0]
 
-    def batch():
-        sampler = samplers[turn[0] % len(samplers)]
-        turn[0] += 1
-        return sampler.sample(cfg.meta_batch)
+    def batch(shard: Shard):
+        return samplers[shard.step % len(samplers)].sample(shard.size)  # by the step: a resumed run alternates on
 
     def loss(net: nn.Module, ep):
         ep = shuffle_support(ep, generator)  # Santoro's episodes arrive in a random order, not class by class
@@ -218,7 +207,8 @@ def train_mann(cfg: MANNConfig, splits: dict[str, FewShotSplit], run_dir: Path, 
 
     info = {"trained_as": "MANN (Santoro et al. 2016), no conv", "recipe": vars(cfg)}
     task = FunctionTask(model, [generator], batch, loss, validate,
-                        save=lambda m, folder: save_weights(m, folder, KIND, m.config, info))
+                        save=lambda m, folder: save_weights(m, folder, KIND, m.config, info),
+                        global_batch=cfg.meta_batch)
     return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fewshot import FewShotSplit
-from ..engine import FunctionTask, fit
+from ..config import LoopConfig, check_positive
+from ..distributed import current_dist
+from ..engine import FunctionTask, TrainingError, fit
 from ..model import Conv4
 from .features import FeatureEpisodes, class_mask, images_of, validate_nearest_neighbour
 from .store import load_weights, read_meta, save_weights
@@ -25,31 +27,24 @@ KIND = "siamese"
 
 
 @dataclass
-class SiameseConfig:
+class SiameseConfig(LoopConfig):
     name: str = "baseline-siamese"
     split: str = "vinyals"
     train_on: str = "train"
     hidden: int = 64
-    pairs: int = 128  # pairs per step, half same-class, half different-class
+    pairs: int = 128  # pairs per step over all processes, half same-class, half different-class
     steps: int = 3000
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     warmup_steps: int = 100
     val_every: int = 500
     val_episodes: int = 500
     val_tasks: list = field(default_factory=lambda: [[20, 1], [5, 1]])  # [way, shot]; the first selects
-    log_every: int = 100
     checkpoint_every: int = 500
-    time_limit: float = 0.0  # seconds of training (0: none); reaching it ends the run, best/ is kept
-    seed: int = 0
-    progress: bool = True
 
     def check(self) -> None:
+        super().check()
         if self.pairs < 2 or self.pairs % 2:
             raise ValueError("pairs must be even (half same, half different) and at least 2")
-        for key in ("steps", "val_every", "val_episodes", "log_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1")
+        check_positive(self, "val_episodes")
 
 
 class SiameseNet(nn.Module):
@@ -94,7 +89,11 @@ def train_siamese(cfg: SiameseConfig, splits: dict[str, FewShotSplit], run_dir: 
     val = splits["val"].to(device)
     torch.manual_seed(cfg.seed)
     model = SiameseNet(cfg.hidden).to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device)  # the engine seeds it per rank
+    world = current_dist().world
+    if cfg.pairs % (2 * world):  # each rank's share is half same, half different
+        raise TrainingError(f"pairs = {cfg.pairs} per step gives {world} processes uneven or odd shares; choose a "
+                            f"multiple of {2 * world}")
 
     def loss(net: nn.Module, pairs: tuple[torch.Tensor, ...]):
         first, second, same = pairs
@@ -103,10 +102,11 @@ def train_siamese(cfg: SiameseConfig, splits: dict[str, FewShotSplit], run_dir: 
 
     info = {"trained_as": "siamese (Koch et al. 2015)", "train_split": f"{cfg.split}/{cfg.train_on}",
             "recipe": vars(cfg)}
-    task = FunctionTask(model, [generator], lambda: sample_pairs(train, cfg.pairs, generator), loss,
+    task = FunctionTask(model, [generator], lambda shard: sample_pairs(train, shard.size, generator), loss,
                         validate=lambda m: validate_nearest_neighbour(m.encoder, val, cfg.val_tasks,
                                                                       cfg.val_episodes),
-                        save=lambda m, folder: save_weights(m, folder, KIND, {"hidden": cfg.hidden}, info))
+                        save=lambda m, folder: save_weights(m, folder, KIND, {"hidden": cfg.hidden}, info),
+                        global_batch=cfg.pairs, batch_key="pairs")
     return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 

@@ -9,8 +9,8 @@ Layout under the data root (the ImageNet download, or Kaggle's ILSVRC/Data/CLS-L
   val/*.JPEG + ILSVRC2012_devkit_t12/data/{ILSVRC2012_validation_ground_truth.txt, meta.mat}  (needs scipy)
 
 Streams are pure functions of (seed, rank, position): the sample a rank takes at position p is fixed, so a
-resumed run continues exactly where it stopped, whatever the DataLoader had prefetched. The position goes into
-the engine's resume point as the seed of a torch.Generator (the engine saves generator states).
+resumed run continues exactly where it stopped, whatever the DataLoader had prefetched. The position is the
+step the engine asks for (matchnet.engine.Shard.step), so the resume point needs nothing of the streams.
 An unreadable image is skipped (a training batch is one image shorter, an episode takes the class's next
 image) and named once on stderr, as matchnet's other loaders do.
 """
@@ -256,20 +256,6 @@ def loader(dataset: Dataset, batch: int, sampler: Sampler | None, workers: int, 
                       prefetch_factor=4 if workers > 0 else None)
 
 
-class Position:
-    """A stream's position, kept as the seed of a generator so that the engine's resume point carries it."""
-
-    def __init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(0)
-
-    @property
-    def value(self) -> int:
-        return self.generator.initial_seed()
-
-    def advance(self, n: int = 1) -> None:
-        self.generator.manual_seed(self.value + n)
-
-
 class ImageStream:
     """This rank's endless stream of training batches (images [B, 3, S, S] in [0, 1], labels [B])."""
 
@@ -278,19 +264,17 @@ class ImageStream:
         self.data = LabelledFiles(labelled(files, classes), size, train=True)
         self.batch, self.seed, self.rank, self.world, self.workers = batch, seed, rank, world, workers
         self.device = device
-        self.position = Position()
         self.report = Reported()
         self._iter, self._at = None, -1
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        step = self.position.value  # batches this rank has taken (restored by the engine on resume)
+    def next(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's batch of training step `step` (0-based): a function of (seed, rank, world, step)."""
         if self._iter is None or self._at != step:
             sampler = ShardSampler(len(self.data), self.seed, self.rank, self.world, start=step * self.batch,
                                    draws=True)
             self._iter = iter(loader(self.data, self.batch, sampler, self.workers, collate_images, self.device))
         images, labels, skipped = next(self._iter)
         self.report(skipped)
-        self.position.advance()
         self._at = step + 1
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
@@ -366,19 +350,17 @@ class EpisodeStream:
                  seed: int, rank: int, world: int, workers: int, device: torch.device):
         self.data = EpisodeFiles(files, way, shot, query, size, seed)
         self.per_step, self.rank, self.world, self.workers, self.device = per_step, rank, world, workers, device
-        self.position = Position()
         self.report = Reported()
         self._iter, self._at = None, -1
 
-    def next(self) -> Episodes:
-        step = self.position.value
+    def next(self, step: int) -> Episodes:
+        """This rank's episodes of training step `step` (0-based): a function of (seed, rank, world, step)."""
         if self._iter is None or self._at != step:
             start = step * self.per_step
             indices = _Counter(start * self.world + self.rank, self.world)
             self._iter = iter(loader(self.data, self.per_step, indices, self.workers, collate_episodes, self.device))
         ep, skipped = next(self._iter)
         self.report(skipped)
-        self.position.advance()
         self._at = step + 1
         return to_device(ep, self.device)
 

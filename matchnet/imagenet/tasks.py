@@ -7,8 +7,9 @@ out of train/ (never the test images).
 Stage 2, Matching Nets + FCE: f' = g' = the classifier's backbone (its pooled features), FCE on top, trained on
 5-way 1-shot episodes of ≠L drawn from the class folders; best/ by the same held-out 5-way 1-shot accuracy.
 
-Per-rank data: a rank's batches and episodes are fixed by (seed, rank, position) (matchnet.imagenet.data):
-every rank uses the config's seed and takes its own shard, so the engine's rank seeding is not used here.
+Per-rank data: a rank's batches and episodes are fixed by (seed, rank, world, step) (matchnet.imagenet.data):
+every rank uses the config's seed and takes its own shard of the step the engine asks for (Shard.step), so
+the streams need no generator of their own (the engine's rank seeding has nothing to seed here).
 """
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ..baselines.store import load_weights, read_meta, save_weights
-from ..config import check_positive
-from ..engine import FunctionTask, TrainingError, current_dist, fit, resolve_device
+from ..config import LoopConfig, check_positive
+from ..distributed import current_dist, resolve_device
+from ..engine import FunctionTask, TrainingError, fit
 from ..model import MatchingClassifier
 from ..train import episode_loss
 from .backbones import ARCHS, IMAGE_SIZE, Classifier, load_local_weights
@@ -33,37 +35,26 @@ VAL_SEED = 12345
 
 
 @dataclass
-class StageConfig:
-    """What both stages share; the defaults are the full-size recipe (train/configs/imagenet_*.toml)."""
+class StageConfig(LoopConfig):
+    """What both stages share (the loop's fields: LoopConfig); the defaults are the full-size recipe
+    (train/configs/imagenet_*.toml)."""
 
     name: str = "imagenet"
     arch: str = "inception_v3"  # inception_v3 (the paper's) | resnet50 | tiny (tests)
     hidden: int = 32  # width of the tiny backbone only
     image_size: int = 0  # 0: the architecture's own (299 Inception-v3, 224 ResNet-50)
-    steps: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    grad_clip: float = 0.0
     workers: int = 8  # DataLoader decoding processes per rank
     val_per_class: int = 10  # train/ images per class held out to choose the checkpoint on
     val_episodes: int = 500
-    val_every: int = 1000
-    log_every: int = 100
-    checkpoint_every: int = 1000
     amp: bool = True  # bf16 autocast (GPUs only)
     channels_last: bool = True  # NHWC convolutions (GPUs only)
-    sync_bn: bool = False
-    time_limit: float = 0.0
-    seed: int = 0
     device: str = "auto"
-    progress: bool = True
 
     def check(self) -> None:
+        super().check()
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
-        check_positive(self, "steps", "val_per_class", "val_episodes", "val_every", "log_every", "checkpoint_every")
+        check_positive(self, "val_per_class", "val_episodes")
         if self.workers < 0:
             raise ValueError(f"workers cannot be negative, got {self.workers}")
 
@@ -148,9 +139,10 @@ def train_classifier(cfg: ClassifierConfig, root: str | Path, classes: list[str]
                 (logits.argmax(-1) == labels).float().mean())
 
     validate = _validation(val, cfg, device)
-    task = FunctionTask(model, [stream.position.generator], stream.next, loss,
+    task = FunctionTask(model, [], lambda shard: stream.next(shard.step), loss,
                         validate=lambda m: validate(m.backbone, nearest_neighbour_accuracy),
-                        save=lambda m, folder: save_weights(m, folder, CLASSIFIER, config))
+                        save=lambda m, folder: save_weights(m, folder, CLASSIFIER, config),
+                        global_batch=cfg.batch, batch_key="batch")
     return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 
@@ -199,9 +191,10 @@ def train_matchnet(cfg: MatchingConfig, root: str | Path, classes: list[str], cl
         return value, correct / ep.query_labels.numel()
 
     validate = _validation(val, replace(cfg, image_size=size), device)
-    task = FunctionTask(model, [stream.position.generator], stream.next, loss,
+    task = FunctionTask(model, [], lambda shard: stream.next(shard.step), loss,
                         validate=lambda m: validate(m.encoder, lambda t, *a: matching_accuracy(m, t, *a)),
-                        save=lambda m, folder: save_weights(m, folder, MATCHNET, config))
+                        save=lambda m, folder: save_weights(m, folder, MATCHNET, config),
+                        global_batch=cfg.meta_batch)
     return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
 
 

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic import write_text, write_with
-from ..config import check_positive, config_from_dict, config_from_toml
-from ..engine import FunctionTask, fit
+from ..config import LoopConfig, check_positive
+from ..engine import FunctionTask, Shard, fit
 from ..episodes import Episodes
 from ..evaluate import Accuracy, Predictor, accuracy
 from ..model import MatchingClassifier
@@ -27,7 +27,7 @@ from .episodes import SentenceEpisodeSampler, SentencePool, evaluation_episodes
 
 
 @dataclass
-class SentenceConfig:
+class SentenceConfig(LoopConfig):
     name: str = "ptb-bilstm-blank"
     # encoder (matchnet.language.encoder)
     encoder: str = "bilstm-blank"
@@ -44,11 +44,8 @@ class SentenceConfig:
     way: int = 5
     shots: list = field(default_factory=lambda: [1, 2, 3])
     query: int = 4  # per label word: 5 x 4 = the paper's batch of 20
-    meta_batch: int = 8
+    meta_batch: int = 8  # episodes per step over all processes
     steps: int = 5000
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # read by matchnet.engine.learning_rate
     warmup_steps: int = 100
     # validation: `val_way`-way `val_shot`-shot episodes of validation words in ptb.valid.txt; picks the best model
     val_way: int = 5
@@ -57,24 +54,15 @@ class SentenceConfig:
     val_episodes: int = 500
     log_every: int = 500
     checkpoint_every: int = 500
-    progress: bool = True
-    seed: int = 0
-
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> "SentenceConfig":
-        return config_from_toml(cls, path, **overrides)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "SentenceConfig":
-        return config_from_dict(cls, values, source)
 
     def check(self) -> None:
+        super().check()
         if self.encoder not in KINDS:
             raise ValueError(f"encoder must be one of {', '.join(KINDS)}, not {self.encoder!r}")
         if not self.shots or not all(isinstance(k, int) and k >= 1 for k in self.shots):
             raise ValueError(f"shots should be a list of support sizes per word, e.g. [1, 2, 3], got {self.shots!r}")
-        check_positive(self, "embed_dim", "hidden", "layers", "way", "query", "meta_batch", "steps", "val_way",
-                       "val_shot", "val_every", "val_episodes", "log_every", "checkpoint_every")
+        check_positive(self, "embed_dim", "hidden", "layers", "way", "query", "meta_batch", "val_way",
+                       "val_shot", "val_episodes")
         if not self.scale > 0:
             raise ValueError(f"scale must be positive, got {self.scale}")
 
@@ -137,12 +125,12 @@ class RandomState:
 
 def train(cfg: SentenceConfig, vocab_size: int, train_pool: SentencePool, valid_pool: SentencePool,
           run_dir: Path, device: torch.device | str = "cpu", progress: bool = True,
-          resume: bool = True) -> dict[str, Any]:
+          resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Adam on eq. 2 through the engine; validation every cfg.val_every steps; writes run_dir/{log.jsonl, best/,
-    final/, last.safetensors}."""
+    final/, last.safetensors}. Under torchrun each rank draws its share of cfg.meta_batch episodes."""
     torch.manual_seed(cfg.seed)
     model = cfg.model(vocab_size).to(device)
-    sampler = SentenceEpisodeSampler(train_pool, cfg.way, cfg.shots, cfg.query, seed=cfg.seed)
+    sampler = SentenceEpisodeSampler(train_pool, cfg.way, cfg.shots, cfg.query)  # the engine seeds it per rank
 
     def loss(net: torch.nn.Module, ep: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
         value, correct = episode_loss(net, ep, amp=False)
@@ -153,8 +141,9 @@ def train(cfg: SentenceConfig, vocab_size: int, train_pool: SentencePool, valid_
                        progress=False, device=device)
         return {"val_acc": acc.mean}
 
-    task = FunctionTask(model, [RandomState(sampler.rng)], lambda: to_device(sampler.sample(cfg.meta_batch), device),
-                        loss, validate, save=lambda m, folder: save(m, cfg, vocab_size, folder))
+    task = FunctionTask(model, [RandomState(sampler.rng)],
+                        lambda shard: to_device(sampler.sample(shard.size), device), loss, validate,
+                        save=lambda m, folder: save(m, cfg, vocab_size, folder), global_batch=cfg.meta_batch)
     if not progress:
         cfg = replace(cfg, progress=False)
-    return fit(task, cfg, run_dir, resume=resume)
+    return fit(task, cfg, run_dir, resume=resume, stop_after=stop_after)
