@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .atomic import write_text
+
 # The paper's Table 1 (Omniglot), quoted as the paper's numbers: 5w1s, 5w5s, 20w1s, 20w5s.
 PAPER_OMNIGLOT = {"Matching Nets (paper), no fine-tuning": (98.1, 98.9, 93.8, 98.5)}
 PROTONETS = (98.8, 99.7, 96.0, 98.9)  # Snell et al. 2017, Conv-4, their Table 1 (separate 1- and 5-shot models)
@@ -35,7 +37,7 @@ def merge_rows(store: Path, measured: list[dict], order: list[str]) -> list[dict
     rows = {**previous, **{r["row"]: r for r in measured}}
     rows = [rows[k] for k in order if k in rows]
     store.parent.mkdir(parents=True, exist_ok=True)
-    store.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    write_text(store, json.dumps({"rows": rows}, indent=2) + "\n")
     return rows
 
 
@@ -62,5 +64,5 @@ def write_results_md(root: Path) -> Path:
         parts += ["", notes.read_text().strip()]
     out = root / "docs" / "RESULTS.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(parts) + "\n")
+    write_text(out, "\n".join(parts) + "\n")
     return out

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text
+
 REPO = Path(__file__).resolve().parents[2]
 COLUMN_NAMES = {"5w1s": "5-way 1-shot", "5w5s": "5-way 5-shot", "20w1s": "20-way 1-shot", "20w5s": "20-way 5-shot"}
 
@@ -172,7 +174,7 @@ def write_markdown(rows: list[dict], path: Path, paper: dict, paper_mnist: dict,
         lines += [""] + length
     lines += ["", f"How the rows are built and where they differ from the paper: the hand-written notes below "
               f"(`{NOTES_FILE}`)."]
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
