@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,10 @@ def _decode_job(job: tuple[str, int, str]) -> tuple[np.ndarray | None, str, str]
     return decode_image(*job)
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_into(images: np.ndarray, files: list[Path], base: Path, tag: str, opts: dict) -> Decoded:
     """Decode every file into `images` (an array or a memory map), in worker processes when there are many."""
     size, resize = opts["image_size"], opts["resize"]
@@ -103,7 +108,8 @@ def _decode_into(images: np.ndarray, files: list[Path], base: Path, tag: str, op
     workers = opts["workers"] or (os.cpu_count() or 1)
     workers = 1 if len(files) < 64 else min(workers, len(files) // 16 or 1)
     desc = f"decoding {tag} ({len(files):,} images, {workers} process{'es' if workers > 1 else ''})"
-    pool = multiprocessing.get_context().Pool(workers) if workers > 1 else None
+    # workers ignore Ctrl-C: the main process alone turns it into one line (a traceback per worker otherwise)
+    pool = multiprocessing.get_context().Pool(workers, initializer=_ignore_sigint) if workers > 1 else None
     try:
         with tqdm(total=len(files), desc=desc, unit="img", disable=not opts["progress"]) as bar:
             results = pool.imap(_decode_job, jobs, chunksize=32) if pool else map(_decode_job, jobs)
