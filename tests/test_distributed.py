@@ -221,12 +221,14 @@ def test_step_schedule_halves_four_times():
 
 def config_classes():
     from matchnet.baselines import ClassifierConfig, FinetuneConfig, MANNConfig, SiameseConfig
+    from matchnet.imagenet import tasks as imagenet
     from matchnet.language.train import SentenceConfig
     from matchnet.train import TrainConfig
 
     special = {"baseline_classifier": ClassifierConfig, "miniimagenet_classifier": ClassifierConfig,
                "baseline_siamese": SiameseConfig, "baseline_mann": MANNConfig, "baseline_finetune": FinetuneConfig,
-               "miniimagenet_finetune": FinetuneConfig}
+               "miniimagenet_finetune": FinetuneConfig, "imagenet_classifier": imagenet.ClassifierConfig,
+               "imagenet_oracle": imagenet.ClassifierConfig, "imagenet_matchnet": imagenet.MatchingConfig}
     return {p: special.get(p.stem, SentenceConfig if p.stem.startswith("ptb") else TrainConfig)
             for p in sorted((ROOT / "train" / "configs").glob("*.toml"))}
 
