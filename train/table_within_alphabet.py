@@ -86,6 +86,63 @@ def eval_checkpoint(args, folder: Path, dataset: str, split: str, hw) -> dict:
     return result
 
 
+def _preprocessed(runs):
+    """Lake's runs with every image through the demo's preprocessing (matchnet.inference.preprocess_split)."""
+    from dataclasses import replace
+
+    from matchnet.data.fewshot import FewShotSplit
+    from matchnet.inference import preprocess_split
+
+    r, n = runs.answers.shape
+    both = FewShotSplit(torch.cat([runs.training, runs.test], 1), torch.arange(r), torch.zeros(r, dtype=torch.long),
+                        list(runs.names))
+    images = preprocess_split(both).images
+    return replace(runs, training=images[:, :n], test=images[:, n:])
+
+
+def eval_lake_runs(args, folder: Path, meta: dict, hw, download: bool = False) -> dict:
+    """`train/run.py eval --protocol lake-runs`: Lake et al.'s 20 runs (all_runs.zip, matchnet.data.lake_runs),
+    scored as their demo_classification.py scores, as drawn and through the demo's preprocessing; writes --out
+    or runs/eval/NAME_lake_runs.json (never the checkpoint's results.json)."""
+    from matchnet.alphabets import evaluate_lake_runs
+    from matchnet.atomic import write_text
+    from matchnet.checkpoint import load_model
+    from matchnet.data.lake_runs import load_lake_runs
+    from matchnet.inference import is_drawing_model
+    from matchnet.train import resolve_device
+
+    out = Path(args.out) if args.out else ROOT / "runs" / "eval" / f"{folder.resolve().name}_lake_runs.json"
+    dev = resolve_device(args.device or "auto")
+    model = load_model(folder, dev)
+    if not is_drawing_model(model):
+        raise ValueError(f"{folder}: Lake's runs are Omniglot drawings; this model takes "
+                         f"{model.config.get('in_channels', 1)}-channel {model.config['image_size']} px images")
+    runs = load_lake_runs(args.data_root or "data", model.config["image_size"], download=download)
+    if meta.get("split") != "lake":
+        print(f"note: {folder} was not trained on the lake split (images_background alone): Lake's runs come from "
+              "images_evaluation's alphabets, some of which it may have trained on", file=sys.stderr)
+    if (len(runs.names), runs.answers.shape[1]) != (20, LAKE_WAY):
+        print(f"note: {runs.source} holds {len(runs.names)} runs of {runs.answers.shape[1]}, not Lake's 20 of 20",
+              file=sys.stderr)
+    scores = {}
+    for name, data in (("as drawn", runs), ("demo preprocessing", _preprocessed(runs))):
+        acc = evaluate_lake_runs(model, data, seed=args.seed)
+        print(f"  {name}: {acc}", flush=True)
+        scores[name] = {"mean": acc.mean, "error": 100 - acc.mean, "items": acc.items,
+                        "ci95_runs_bootstrap": list(acc.ci95_runs), "ci95_items_wilson": list(acc.ci95_items),
+                        "bootstrap": acc.bootstrap, "bootstrap_seed": acc.seed, "per_run": acc.per_run}
+    result = {"checkpoint": str(folder), "protocol": "lake-runs (Lake et al. 2015's 20 runs, all_runs.zip)",
+              "source": runs.source, "runs": len(runs.names), "trained_on": meta.get("split"), "hardware": hw(dev),
+              "model": model.config, "accuracy": scores,
+              "interval": "ci95_runs_bootstrap: percentile bootstrap over runs (items of a run share its alphabet, "
+                          "support set and drawers: the run is the unit drawn); ci95_items_wilson: Wilson over "
+                          "items, as if independent"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
 def shipped_models() -> list[Path]:
     return sorted(p for p in (ROOT / "assets").glob("omniglot-*") if (p / "model.safetensors").is_file())
 
