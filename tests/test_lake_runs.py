@@ -237,3 +237,25 @@ def test_eval_lake_runs_bad_input_is_one_line_and_writes_nothing(runs_folder, tm
     assert cli().main(["eval", "--checkpoint", str(checkpoint), "--set", "download=true"]) == 2
     assert "goes with --protocol lake-runs" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- the docs' table
+
+def test_the_docs_table_keeps_the_two_tests_apart():
+    """docs/results/within_alphabet.md from its committed JSON: quoted numbers (on Lake's 20 runs) only in the
+    Lake's-runs table, the resampled columns labelled as such, and a model's lake-runs record shown when given."""
+    import table_within_alphabet as table
+
+    cli()  # puts train/ on the path
+    record = json.loads((ROOT / "docs" / "results" / "within_alphabet.json").read_text())
+    text = table.markdown(record)
+    resampled, lake = text.split("### Lake et al.'s 20 runs")
+    assert "20-way 1-shot, resampled: random alphabet, characters and drawer pair" in resampled
+    for name, q in record["quoted"].items():
+        assert name not in resampled and f"*{q['20w1s']}*" in lake
+    assert "| omniglot-lake | not measured here |" in lake and "omniglot-vinyals |" not in lake
+    assert "92.5%" in lake and "independent check" in lake
+    record["lake_runs"] = {"omniglot-lake": {"mean": 91.25, "ci95_runs_bootstrap": [88.0, 94.0],
+                                             "command": "python train/run.py eval --protocol lake-runs"}}
+    assert "| omniglot-lake | 91.25 (88.00-94.00) |" in table.markdown(record)
+    assert text == (ROOT / "docs" / "results" / "within_alphabet.md").read_text()  # the committed file is this
