@@ -104,6 +104,9 @@ def test_where_the_runs_are_looked_for(tmp_path):
     (nested / "all_runs.zip").write_bytes(b"")
     assert lake_runs_path(tmp_path / "a") == nested / "all_runs.zip"  # the zip first
     assert lake_runs_path(tmp_path / "b") == tmp_path / "b" / "omniglot-py" / "all_runs.zip"
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "all_runs.zip").write_bytes(b"")
+    assert lake_runs_path(tmp_path / "c") == tmp_path / "c" / "all_runs.zip"  # dropped in the data root itself
     with pytest.raises(DatasetNotFoundError, match="omniglot-py/all_runs.zip"):
         load_lake_runs(tmp_path / "b")
 

@@ -7,8 +7,9 @@ Layout (as the zip ships it; an extra top folder such as all_runs/ is allowed):
     run01/training/*.png     the run's 20 training images, one per class (105 x 105, as Omniglot's)
     run01/test/*.png         its 20 test items
     ... run20/
-Where it is looked for under a data root: omniglot_dir(root)/all_runs.zip or omniglot_dir(root)/all_runs/
-(e.g. data/omniglot-py/all_runs.zip); a path to the zip or to the folder itself is read as it is.
+Where it is looked for under a data root: all_runs.zip or all_runs/ in omniglot_dir(root) (e.g.
+data/omniglot-py/all_runs.zip, where a download goes), then in ROOT/omniglot/, then in ROOT itself; a path to
+the zip or to the folder itself is read as it is.
 Images are decoded and resized exactly as the Omniglot loader does (matchnet.data.omniglot._to_array).
 """
 from __future__ import annotations
@@ -54,15 +55,17 @@ class LakeRuns:
 
 
 def lake_runs_path(root: str | os.PathLike) -> Path:
-    """The zip or folder to read: `root` itself when it is the zip or a folder holding run folders, else
-    omniglot_dir(root)/all_runs.zip, else omniglot_dir(root)/all_runs/ (the zip's place when neither exists)."""
+    """The zip or folder to read: `root` itself when it is the zip or a folder holding run folders, else the
+    first of all_runs.zip, all_runs/ in omniglot_dir(root), then ROOT/omniglot/, then ROOT itself; where none
+    exists, omniglot_dir(root)/all_runs.zip (where a download goes and what the error names)."""
     root = Path(root).expanduser()
     if root.is_file() or (root.is_dir() and any(root.glob("run[0-9]*/class_labels.txt"))):
         return root
     folder = omniglot_dir(root)
-    for candidate in (folder / f"{NAME}.zip", folder / NAME):
-        if candidate.exists():
-            return candidate
+    for place in (folder, root / "omniglot", root):  # beside Omniglot's zips first
+        for candidate in (place / f"{NAME}.zip", place / NAME):
+            if candidate.exists():
+                return candidate
     return folder / f"{NAME}.zip"
 
 
