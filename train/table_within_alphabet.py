@@ -299,12 +299,14 @@ def markdown(record: dict) -> str:
               "augmentation, alphabets held out of images_background for choosing) is "
               "`train/configs/omniglot_lake_within.toml`.",
               "",
-              "### Lake et al.'s 20 runs (the published test; not measured here)", ""]
+              "### Lake et al.'s 20 runs (the published test" + ("" if record.get("lake_runs") else
+                                                                 "; not measured here") + ")", ""]
     lines += lake_runs_table(record)
     lines += ["",
               "How the two tests differ: Lake et al.'s 20 runs (`all_runs.zip` in brendenlake/omniglot) are one "
-              "fixed draw of 20 episodes, each within a single images_evaluation alphabet: 20 of its characters, one drawer for "
-              "the 20 training images and another for the 20 test items: 400 test items in all, scored as the "
+              "fixed draw of 20 episodes, each within a single images_evaluation alphabet: 20 of its characters, "
+              "one drawer for the 20 training images and another for the 20 test items: 400 test items in all, "
+              "scored as the "
               "percent of test items classified correctly (Lake's script reports the error, 100 minus this). The "
               "resampled test above draws a new alphabet, new characters and a new drawer pair for each of its "
               f"{ep} episodes, so it measures the same skill over many more draws, with an interval over "
