@@ -8,21 +8,25 @@ the zips; tests/test_alphabets.py runs it on the real data), so drawing index j 
 Alphabets: a class is named "Alphabet/characterNN/rotDDD". For training, a class's group is its alphabet
 *and* rotation: a rotated alphabet is a new alphabet of new classes, as the rotated characters are new classes.
 Evaluation uses upright characters only, as Lake's test does.
+Lake et al.'s 20 published runs themselves (matchnet.data.lake_runs) are scored by evaluate_lake_runs, as
+their demo_classification.py scores: percent correct over every test item.
 """
 from __future__ import annotations
 
+import math
 import re
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from .data.fewshot import FewShotSplit
+from .data.lake_runs import LakeRuns
 # alphabet_splits is the data's (a split of classes); re-exported here beside the episodes drawn from it
 from .data.omniglot import LAKE_WAY, alphabet, alphabet_splits  # noqa: F401
 from .episodes import EpisodeIndices, Episodes, gather, shuffle_support
-from .evaluate import Accuracy, Predictor, accuracy
+from .evaluate import Accuracy, Predictor, accuracy, model_predictor
 
 _DRAWER = re.compile(r"(images_background|images_evaluation)/([^/]+)/(character\d+)/\d+_(\d+)\.png$")
 
@@ -114,6 +118,67 @@ def evaluate_within_alphabet(predict: Predictor | torch.nn.Module, split: FewSho
     Pass upright(split) for characters as drawn."""
     batches = within_alphabet_episodes(split, way, shot, query, episodes, seed, batch)
     return accuracy(predict, batches, way, shot, query, episodes, seed, batch, progress, desc="within-alphabet")
+
+
+@dataclass
+class LakeRunsAccuracy:
+    """Lake et al.'s score of a model on their runs: percent correct over every test item (100 - Lake's error).
+    Intervals, both 95%: `ci95_runs` = percentile bootstrap over runs (the primary one: a run shares one
+    alphabet, one support set and one pair of drawers among its items, so its items are not independent and the
+    run is the unit drawn); `ci95_items` = Wilson over items, which assumes independent items (narrower when runs
+    differ in difficulty)."""
+
+    mean: float
+    items: int
+    per_run: dict[str, float]
+    ci95_runs: tuple[float, float]
+    ci95_items: tuple[float, float]
+    bootstrap: int
+    seed: int
+
+    def __str__(self) -> str:
+        lo, hi = self.ci95_runs
+        return (f"Lake's runs: {self.mean:.2f}% of {self.items} test items ({len(self.per_run)} runs; 95% interval "
+                f"{lo:.2f}-{hi:.2f}, bootstrap over runs)")
+
+
+def wilson95(correct: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval for a binomial proportion, in percent."""
+    z, p = 1.959964, correct / n
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return 100 * (centre - half) / (1 + z * z / n), 100 * (centre + half) / (1 + z * z / n)
+
+
+@torch.no_grad()
+def evaluate_lake_runs(predict: Predictor | torch.nn.Module, runs: LakeRuns, bootstrap: int = 10000,
+                       seed: int = 0) -> LakeRunsAccuracy:
+    """Score as Lake's demo_classification.py does: each test item is classified among its run's training images
+    (the argmax of the model's class scores; a tie goes to the first training file in name order, as Lake's
+    argmax over sorted files), and the result is the percent of correct test items over all runs. Each run is
+    one 20-way 1-shot episode, support = its training images, queries = its test items."""
+    model = predict if isinstance(predict, torch.nn.Module) else None
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+        predict = model_predictor(model)
+    r, n = runs.answers.shape
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    as_float = (lambda x: x.unsqueeze(2).float().div(255).to(device))  # [R, N, 1, S, S] in [0, 1]
+    labels = torch.arange(n, device=device).expand(r, n)
+    ep = Episodes(support=as_float(runs.training), support_labels=labels, query=as_float(runs.test),
+                  query_labels=runs.answers.to(device), classes=labels, n_way=n)
+    try:
+        correct = (predict(ep).argmax(-1) == ep.query_labels).cpu()  # [R, N]
+    finally:
+        if model is not None:
+            model.train(was_training)
+    per_run = correct.double().mean(1)
+    pick = torch.randint(r, (bootstrap, r), generator=torch.Generator().manual_seed(seed))
+    means = per_run[pick].mean(1)  # every run holds N items: the mean of run means is the items' mean
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return LakeRunsAccuracy(100 * correct.double().mean().item(), correct.numel(),
+                            {name: 100 * a for name, a in zip(runs.names, per_run.tolist())},
+                            (100 * lo, 100 * hi), wilson95(int(correct.sum()), correct.numel()), bootstrap, seed)
 
 
 class AlphabetEpisodeSampler:

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "matchnet"
 # layer and the layers below. A new module belongs in one of them: add it here and in docs/ARCHITECTURE.md.
 LAYERS = [
     ("writing files", {"matchnet.atomic"}),
-    ("data", {"matchnet.data"}),
+    ("data", {"matchnet.data"}),  # every module under matchnet/data/ (omniglot, lake_runs, ...)
     ("input rules", {"matchnet.inputs"}),
     ("episodes", {"matchnet.episodes"}),
     ("model", {"matchnet.model"}),

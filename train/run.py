@@ -4,6 +4,7 @@
   python train/run.py train --config train/configs/omniglot_vinyals.toml [--device cuda] [--set key=value ...]
   torchrun --nproc_per_node=N train/run.py train --config ...   (data-parallel over N GPUs or CPU processes)
   python train/run.py eval --checkpoint assets/omniglot-vinyals [--episodes 1000] [--write-docs]
+  python train/run.py eval --checkpoint assets/omniglot-lake --protocol lake-runs [--set download=true]
   python train/run.py ablate-scale --config train/configs/omniglot_vinyals.toml --steps 600
   python train/run.py publish --checkpoint assets/omniglot-vinyals --repo-id USER/NAME [--dry-run OUTDIR]
   python train/run.py rebuild --device cuda [--push-to USER/PREFIX] [--data-root DIR]
@@ -158,6 +159,16 @@ def check_writable(out: Path) -> None:
         raise ValueError(f"cannot write {out} ({e.strerror or e}); choose another --out") from None
 
 
+def eval_download(pairs: list[str]) -> bool:
+    """eval's --set: only download=true|false (fetch the data the protocol needs when it is missing)."""
+    from matchnet.config import parse_sets
+
+    sets = parse_sets(pairs)
+    if set(sets) - {"download"} or not isinstance(sets.get("download", False), bool):
+        raise ValueError(f"eval --set takes only download=true or download=false, got {' '.join(pairs)}")
+    return sets.get("download", False)
+
+
 def cmd_eval(args) -> None:
     from matchnet.results import write_results_md
 
@@ -169,9 +180,16 @@ def cmd_eval(args) -> None:
     meta = training_meta(folder)  # which data the model was trained on
     dataset = args.dataset or meta["dataset"] or "omniglot"
     split = args.split or meta["split"] or ("ravi" if dataset == "miniimagenet" else "vinyals")
+    download = eval_download(args.set)
+    if download and args.protocol != "lake-runs":
+        raise ValueError("eval --set download=true fetches Lake's runs: it goes with --protocol lake-runs")
     if args.protocol == "within-alphabet":  # Lake et al.'s test; writes runs/eval/, never results.json
         from table_within_alphabet import eval_checkpoint
         eval_checkpoint(args, folder, dataset, split, hardware)
+        return
+    if args.protocol == "lake-runs":  # Lake et al.'s 20 runs themselves (all_runs.zip); writes runs/eval/
+        from table_within_alphabet import eval_lake_runs
+        eval_lake_runs(args, folder, meta, hardware, download=download)
         return
     out = Path(args.out) if args.out else default_results_path(folder, args.episodes, args.seed)
     if args.write_docs and args.episodes < MIN_REPORTED_EPISODES:
@@ -386,9 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="results JSON (default: CHECKPOINT/results.json with --episodes >= 1000, "
                                  "else runs/eval/NAME_<N>ep_seed<S>.json)")
     p.add_argument("--write-docs", action="store_true", help="regenerate docs/RESULTS.md from every results.json")
-    p.add_argument("--protocol", choices=["standard", "within-alphabet"], default="standard",
+    p.add_argument("--protocol", choices=["standard", "within-alphabet", "lake-runs"], default="standard",
                    help="standard: the paper's four columns; within-alphabet: Lake et al.'s 20-way (and 5-way) "
-                        "1-shot with classes from one alphabet, support and queries by different drawers")
+                        "1-shot with classes from one alphabet, support and queries by different drawers "
+                        "(resampled); lake-runs: Lake et al.'s 20 published runs, all_runs.zip from "
+                        "brendenlake/omniglot, read from DATA_ROOT/omniglot-py/all_runs.zip or all_runs/ (or "
+                        "--data-root pointing at the zip or folder itself)")
+    p.add_argument("--set", action="append", default=[], metavar="download=true",
+                   help="download=true: fetch the data a protocol needs when missing (lake-runs: all_runs.zip)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ablate-scale", help="the softmax-scale (temperature) ablation on validation")

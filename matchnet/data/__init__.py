@@ -2,6 +2,7 @@
 
   fewshot.py       FewShotSplit: one dataset tensor and the classes a split may use
   omniglot.py      Omniglot (download, read, the vinyals / lake / lake-alphabets splits); mnist.py: MNIST's test set
+  lake_runs.py     Lake et al.'s 20 one-shot runs (all_runs.zip or its folder), read as Omniglot is
   miniimagenet.py  miniImageNet's two layouts; folder.py: any ROOT/<class>/*.jpg folder
   classes.py       classes of image files -> one grid of images -> splits with the training classes' mean/std
   image_cache.py   decode once (rank 0 under torchrun) into a memory-mapped .npy; decode.py: one image file

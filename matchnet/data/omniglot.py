@@ -99,7 +99,11 @@ def download_omniglot(root: str | os.PathLike, timeout: float = TIMEOUT_S) -> No
         raise
 
 
-def _fetch(url: str, target: Path, timeout: float) -> None:
+BY_HAND = "images_background.zip and images_evaluation.zip from brendenlake/omniglot (python/)"
+
+
+def _fetch(url: str, target: Path, timeout: float = TIMEOUT_S, by_hand: str = BY_HAND) -> None:
+    """Stream url to target (a zip); by_hand: what the error tells an offline user to copy there."""
     try:
         with atomic_path(target) as tmp:  # removed on any failure; renamed onto target only once it is a zip
             with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
@@ -113,8 +117,7 @@ def _fetch(url: str, target: Path, timeout: float) -> None:
         reason = str(getattr(e, "reason", None) or e).strip().splitlines() or ["no detail"]
         raise DatasetNotFoundError(
             f"could not download {url} ({type(e).__name__}: {reason[0][:200]}); without network, copy "
-            f"images_background.zip and images_evaluation.zip from brendenlake/omniglot (python/) into "
-            f"{target.parent} by hand") from None
+            f"{by_hand} into {target.parent} by hand") from None
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
