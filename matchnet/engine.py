@@ -5,7 +5,10 @@ The engine owns what every model needs: the learning-rate schedule, autocast, gr
 optimizer step, the progress bar, validation (always in eval mode, without gradients, the model's mode
 restored after), `best/` by the first validation metric, `final/`, the resume point `last.safetensors`
 (written atomically, checked against the config it was started with), the JSONL log, the run record, and
-Ctrl-C/SIGTERM (save a resume point, exit with one line). A task owns only what differs (see `Task`).
+Ctrl-C/SIGTERM (save a resume point, exit with one line), and stopping a diverged run. A task owns only what
+differs (see `Task`). Split out, one concept each: the run folder (matchnet.rundir: lock, record checks),
+the resume point's random state and agreement (matchnet.resume), divergence (matchnet.divergence), the
+processes (matchnet.distributed).
 
 Distributed (the process group: matchnet.distributed): the model is wrapped in DistributedDataParallel; the
 engine seeds each rank's generators (rank_seed(seed, rank)) and hands each rank its share of the task's global
@@ -27,7 +30,6 @@ import math
 import os
 import platform
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
@@ -39,12 +41,12 @@ from torch import nn
 from tqdm import tqdm
 
 from . import atomic
-from .checkpoint import CheckpointError, load_state, optimizer_from_flat, optimizer_to_flat, save_state
+from .checkpoint import optimizer_to_flat, save_state
 from .config import LoopConfig
-from .distributed import (Dist, agree_stop, all_gather_ints, all_mean, barrier, broadcast_text, current_dist,
-                          gather_states, rank_seed, resume_seed)
-from .rundir import (RUNTIME_KEYS, RunLock, TrainingError, check_finite_state, check_resume_config,  # noqa: F401
-                     check_run_name, last_finite_loss, prepare_run_dir, read_log)
+from .distributed import Dist, agree_stop, all_mean, barrier, broadcast_text, current_dist
+from .divergence import FiniteGuard
+from .resume import agree_resume, gather_rng, resume_agreed, seed_streams
+from .rundir import RunLock, TrainingError, check_run_name, last_finite_loss, prepare_run_dir, read_log
 
 
 def hardware(device: torch.device) -> str:
@@ -199,7 +201,7 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
     shard = _shard(task, dist)
     settings = config_dict(cfg)
     last, log = run_dir / "last.safetensors", run_dir / "log.jsonl"
-    resuming = _agree_resume(resume and last.is_file(), last, dist)
+    resuming = agree_resume(resume and last.is_file(), last, dist)
     error = None
     if main:
         try:
@@ -214,9 +216,9 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
                            fused=device.type == "cuda")
     step, best, elapsed = 0, -math.inf, 0.0
     if resuming:
-        step, best, elapsed = _resume_agreed(last, model, opt, task.generators, dist, cfg.seed)
+        step, best, elapsed = resume_agreed(last, model, opt, task.generators, dist, cfg.seed)
     else:
-        _seed(task.generators, cfg.seed, dist)
+        seed_streams(task.generators, cfg.seed, dist)
     guard = FiniteGuard(device)
     if main:
         history = read_log(log, step)
@@ -241,7 +243,7 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
     out_of_time, stopped = False, None
 
     def checkpoint() -> None:
-        rng = _gather_rng(task.generators, device, dist)  # a collective: every rank takes part, rank 0 writes
+        rng = gather_rng(task.generators, device, dist)  # a collective: every rank takes part, rank 0 writes
         if not main:
             return
         opt_tensors, opt_info = optimizer_to_flat(opt)
@@ -323,50 +325,6 @@ def _append(log: Path, entry: dict) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-class FiniteGuard:
-    """Stops a diverged run before it logs or writes anything. step() flags, on the device (no host sync per
-    step), the first step whose loss (or clipped gradient norm) is not finite; check(), at the steps that sync
-    anyway (log, checkpoint, validation), reads that flag and checks the weights and Adam's moments, which take
-    in any non-finite gradient: one host sync, and under torchrun every rank stops at the same step."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.bad_step = torch.zeros((), dtype=torch.long, device=device)
-        self.last_good: tuple[int, float] | None = None  # (step, loss) of the last finite loss logged
-
-    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> None:
-        finite = torch.isfinite(loss.detach())
-        if grad_norm is not None:
-            finite &= torch.isfinite(grad_norm)
-        self.bad_step.masked_fill_(~finite & (self.bad_step == 0), step)
-
-    def check(self, step: int, model: nn.Module, opt: torch.optim.Optimizer, dist: Dist, cfg: Any,
-              bar: tqdm | None = None) -> None:
-        state = [p.detach() for p in model.parameters()] + [
-            v for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.is_floating_point()]
-        broken = torch.stack([~torch.isfinite(t).all() for t in state]).any().to(self.bad_step.device)
-        flags = torch.stack([self.bad_step, broken.long()])
-        if dist.enabled:  # every rank stops at the same step
-            import torch.distributed as tdist
-
-            tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-        first, broken_state = (int(x) for x in flags.tolist())
-        if not first and not broken_state:
-            return
-        what = (f"the loss of step {first} is not finite" if first else
-                f"by step {step} the weights or the optimizer state are not finite (a gradient that was not)")
-        good = (f"the last finite loss was {self.last_good[1]:.4g} (logged at step {self.last_good[0]})"
-                if self.last_good else "no finite loss was logged before")
-        tries = [f"a lower lr (now {cfg.lr:g})"]
-        if hasattr(cfg, "grad_clip"):
-            tries.append(f"grad_clip (now {cfg.grad_clip:g}, e.g. --set grad_clip=1.0)")
-        elif hasattr(cfg, "warmup_steps"):
-            tries.append(f"a warm-up (warmup_steps, now {cfg.warmup_steps})")
-        if bar is not None:
-            bar.close()  # the error line starts on a line of its own
-        raise TrainingError(f"training diverged: {what}; {good}. Nothing non-finite was written (best/ and "
-                            f"last.safetensors are left as they were); try {' or '.join(tries)}, with --restart")
-
-
 def _guard_write(path: Path, write: Callable[[], Any]) -> None:
     """A full disk or a folder that became unwritable is a one-line TrainingError naming the file."""
     try:
@@ -396,109 +354,6 @@ def _shard(task: Task, dist: Dist) -> Shard:
         raise TrainingError(f"{getattr(task, 'batch_key', 'the batch')} = {total} per step cannot be split evenly "
                             f"over {dist.world} processes; choose a multiple of {dist.world}")
     return Shard(dist.rank, dist.world, total // dist.world)
-
-
-def _seed(generators: list[Any], seed: int, dist: Dist) -> None:
-    """A fresh run: rank r's stream i starts at rank_seed(seed, r) + i (rank 0: what one process draws). Rank 0
-    leaves the global torch RNG (dropout) where the model's initialisation left it; the others re-seed it, so
-    that no two ranks drop the same units."""
-    for i, g in enumerate(generators):
-        g.manual_seed(rank_seed(seed, dist.rank) + i)
-    if dist.rank > 0:
-        torch.manual_seed(rank_seed(seed, dist.rank))
-
-
-def _agree_resume(has_point: bool, last: Path, dist: Dist) -> bool:
-    """Rank 0 decides whether the run resumes; it does only if every rank sees the resume point."""
-    seen = [flags[0] for flags in all_gather_ints([int(has_point)], dist)]
-    if not seen[0]:
-        return False
-    missing = [r for r, has in enumerate(seen) if not has]
-    if missing:
-        raise TrainingError(f"{last}: rank 0 resumes from it but rank(s) {', '.join(map(str, missing))} of "
-                            f"{dist.world} cannot see it: every process must read the same run folder (put out_dir "
-                            "on a file system they share), or pass --restart to start over")
-    return True
-
-
-def _resume_agreed(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators: list[Any], dist: Dist,
-                   seed: int) -> tuple[int, float, float]:
-    """_resume on every rank; a rank that fails, or restores another step than rank 0, stops every rank."""
-    error, step, best, elapsed = None, -1, -math.inf, 0.0
-    try:
-        step, best, elapsed = _resume(last, model, opt, generators, dist, seed)
-    except TrainingError as e:
-        error = str(e)
-    steps = [s[0] for s in all_gather_ints([step], dist)]
-    if error is not None:
-        raise TrainingError(error)
-    failed = [r for r, s in enumerate(steps) if s < 0]
-    if failed:
-        raise TrainingError(f"{last}: rank(s) {', '.join(map(str, failed))} could not read the resume point; "
-                            "every process must read the same run folder, or pass --restart to start over")
-    if len(set(steps)) > 1:
-        raise TrainingError(f"{last}: the processes restored different steps ({', '.join(f'rank {r}: {s}' for r, s in enumerate(steps))}); "
-                            "they do not read the same run folder: put out_dir on a file system they share, or "
-                            "pass --restart to start over")
-    return step, best, elapsed
-
-
-def _rng_states(generators: list[Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """This rank's random state: the task's generators, then the global torch RNG (dropout) on the CPU and the
-    model's GPU."""
-    states = {f"rng.{i}": g.get_state() for i, g in enumerate(generators)}
-    states["torch_rng.cpu"] = torch.get_rng_state()
-    if device.type == "cuda":
-        states["torch_rng.cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def _gather_rng(generators: list[Any], device: torch.device, dist: Dist) -> dict[str, torch.Tensor]:
-    """Every rank's random states, named NAME.rank<r> (rank 0 writes them all into the resume point)."""
-    mine = _rng_states(generators, device)
-    gathered = gather_states(list(mine.values()), dist)
-    return {f"{name}.rank{r}": part for name, parts in zip(mine, gathered) for r, part in enumerate(parts)}
-
-
-def _resume(last: Path, model: nn.Module, opt: torch.optim.Optimizer, generators: list[Any], dist: Dist,
-            seed: int = 0) -> tuple[int, float, float]:
-    hint = "pass --restart to start the run over"
-    try:
-        tensors, info = load_state(last)
-        step, best = int(info["step"]), float(info["best"])
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
-        raise TrainingError(f"{last}: not a readable resume point ({str(e).splitlines()[0][:160]}); {hint}") from None
-    check_finite_state(tensors, last)  # a diverged resume point would train NaN steps
-    try:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_flat(opt, tensors, info["optimizer"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise TrainingError(f"{last}: does not fit this model ({str(e).splitlines()[0][:200]}); {hint}") from None
-    same_world = info.get("world", 1) == dist.world
-    if not same_world:  # another number of processes: re-derive every stream from (seed, rank, step)
-        for i, g in enumerate(generators):
-            g.manual_seed(resume_seed(seed, dist.rank, step, i))
-        torch.manual_seed(resume_seed(seed, dist.rank, step, len(generators)))
-        if dist.is_main:
-            print(f"warning: {last} was written by {info.get('world', 1)} process(es), this run has "
-                  f"{dist.world}: episodes are re-seeded from (seed, rank, step)", file=sys.stderr)
-        return step, best, float(info.get("elapsed", 0.0))
-    for i, g in enumerate(generators):
-        state = tensors.get(f"rng.{i}.rank{dist.rank}")
-        for name in {0: ("sampler_rng", "rng")}.get(i, ()):  # resume points written before the engine
-            state = tensors.get(name) if state is None else state
-        if state is not None:
-            g.set_state(state)
-        else:
-            g.manual_seed(resume_seed(seed, dist.rank, step, i))
-    cpu = tensors.get(f"torch_rng.cpu.rank{dist.rank}")  # absent from resume points written before it was saved
-    if cpu is not None:
-        torch.set_rng_state(cpu)
-    cuda = tensors.get(f"torch_rng.cuda.rank{dist.rank}")
-    device = next(model.parameters()).device
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
-    return step, best, float(info.get("elapsed", 0.0))
 
 
 def finished(run_dir: Path) -> bool:
