@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .data.fewshot import FewShotSplit
+from .data.files import NotRegularFileError, open_regular
 from .inputs import InputError, check_support, class_order  # noqa: F401 (the demo's names for the shared rules)
 from .model import MatchingNetwork, SupportSet
 
@@ -76,14 +77,18 @@ def decode(source: ImageSource) -> Image.Image:
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():  # a folder, a FIFO or a device is refused before it is opened (a FIFO would hang)
-            raise InputError(f"{path.name}: " + ("not a regular file" if path.exists() else "no such file"))
-        try:
-            if path.stat().st_size > MAX_BYTES:
-                raise InputError(f"{path.name}: file too large (limit {MAX_BYTES // 2**20} MB)")
-            data, name = path.read_bytes(), path.name
+        name = path.name
+        try:  # the data loaders' own opener: a folder, FIFO or device is refused on the open descriptor, no hang
+            with open_regular(path) as f:
+                if os.fstat(f.fileno()).st_size > MAX_BYTES:
+                    raise InputError(f"{name}: file too large (limit {MAX_BYTES // 2**20} MB)")
+                data = f.read()
+        except NotRegularFileError:
+            raise InputError(f"{name}: not a regular file") from None
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
         except OSError as e:
-            raise InputError(f"{path.name}: cannot be read ({e.strerror or e})") from None
+            raise InputError(f"{name}: cannot be read ({e.strerror or e})") from None
     elif isinstance(source, (bytes, bytearray)):
         data, name = bytes(source), "image"
     else:
