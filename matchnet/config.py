@@ -139,9 +139,14 @@ class LoopConfig:
     """What the one training loop reads from a config; every task's config inherits it.
 
     The learning rate warms up linearly over `warmup_steps`, then follows `schedule`: cosine (to 0), step (halved
-    four times, at 1/5, 2/5, 3/5 and 4/5 of `steps`) or constant. `amp` (bf16 autocast) and `sync_bn` act on
-    GPUs only; `grad_clip` 0 and `time_limit` 0 mean none; `seed` seeds the training draws (per rank, see
-    matchnet.distributed.rank_seed).
+    four times, at 1/5, 2/5, 3/5 and 4/5 of `steps`) or constant. `amp` (bf16 autocast) acts on GPUs and on
+    CPUs with bf16 units (matchnet.cpu), `sync_bn` on GPUs only; `grad_clip` 0 and `time_limit` 0 mean none;
+    `seed` seeds the training draws (per rank, see matchnet.distributed.rank_seed).
+
+    `time_limit` counts the whole run from process start (data loading included) and keeps room for the final
+    validation: the run stops early enough that its last validation, as long as the one before it took, ends
+    inside the limit. Until one validation has been timed there is nothing to keep room for, so a limit reached
+    before the first validation can be overrun by that one validation.
     """
 
     name: str = "run"
@@ -154,9 +159,9 @@ class LoopConfig:
     log_every: int = 100
     checkpoint_every: int = 1000  # steps between resume points (a crash loses at most this many)
     grad_clip: float = 0.0  # max gradient norm (0: no clipping)
-    amp: bool = False  # bf16 autocast (GPUs)
+    amp: bool = False  # bf16 autocast (GPUs; CPUs with AVX512-BF16 or AMX)
     sync_bn: bool = False  # with torchrun on GPUs: SyncBatchNorm (see matchnet.engine)
-    time_limit: float = 0.0  # seconds of training (0: none); reaching it ends the run, best/ is kept
+    time_limit: float = 0.0  # seconds for the whole run, final validation included (0: none); best/ is kept
     seed: int = 0
     progress: bool = True
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from . import atomic
 from .checkpoint import optimizer_to_flat, save_state
 from .config import LoopConfig
+from .cpu import use_amp
 from .distributed import Dist, agree_stop, all_mean, barrier, broadcast_text, current_dist
 from .divergence import FiniteGuard
 from .resume import agree_resume, gather_rng, resume_agreed, seed_streams
@@ -236,11 +237,12 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                   else None)
 
-    amp = cfg.amp and device.type == "cuda"
+    amp = use_amp(cfg.amp, device)  # CUDA, and CPUs with bf16 units (matchnet.cpu)
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     sums = torch.zeros(2, device=device)  # loss, accuracy: summed on the device, no host sync per step
     since, first_step = 0, step + 1
     out_of_time, stopped = False, None
+    val_seconds = 0.0  # the last validation's duration: time_limit keeps room for the final validation
 
     def checkpoint() -> None:
         rng = gather_rng(task.generators, device, dist)  # a collective: every rank takes part, rank 0 writes
@@ -274,7 +276,7 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
             step += 1
             bar.update(1)
             stopped, out_of_time = agree_stop(
-                stop.signal, cfg.time_limit > 0 and time.perf_counter() - t0 > cfg.time_limit, dist)
+                stop.signal, cfg.time_limit > 0 and time.perf_counter() - t0 + val_seconds > cfg.time_limit, dist)
             validate_now = step % cfg.val_every == 0 or step == cfg.steps or out_of_time
             log_now = step % cfg.log_every == 0 or step == end or validate_now or stopped
             if log_now or step % cfg.checkpoint_every == 0:  # before anything is logged or written: a NaN never
@@ -289,7 +291,9 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
                 if getattr(task, "log_extras", None) is not None:
                     entry.update(task.log_extras(model))
                 if validate_now:
+                    started_val = time.perf_counter()
                     scores = run_validation(model, task.validate)
+                    val_seconds = time.perf_counter() - started_val
                     entry.update(scores)
                     first = next(iter(scores.values()))
                     if first > best:

@@ -1,6 +1,7 @@
 """Episodic training of the image Matching Networks (eq. 2) as a task of the one engine (matchnet.engine):
 the config, the model, the episodes, the loss and the validation; the loop itself is the engine's.
-Speed options (meta-batch, bf16, channels_last, compile) are flags.
+Speed options (meta-batch, bf16, channels_last, compile) are flags; bf16 and channels_last apply on CPUs too
+(matchnet.cpu says which).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LoopConfig, check_pairs, check_positive
+from .cpu import use_amp
 from .data import load_splits
 from .data.fewshot import FewShotSplit
 from .distributed import current_dist, rank_seed, resolve_device
@@ -246,8 +248,9 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
     t0 = time.perf_counter()  # wall time counts start-up: data, model, compilation
     dist = current_dist()
     device = resolve_device(cfg.device, dist)
-    if device.type != "cuda":  # bf16 autocast and NHWC are GPU speed-ups; on a CPU they only cost time
-        cfg = replace(cfg, amp=False, channels_last=False)
+    # bf16 autocast where the hardware has bf16 units (CUDA; AVX512-BF16/AMX CPUs), else fp32; NHWC everywhere
+    # (on a CPU too: oneDNN's convolutions are 1.5-2x faster in NHWC, docs/BENCHMARKS.md)
+    cfg = replace(cfg, amp=use_amp(cfg.amp, device))
     if cfg.meta_batch % dist.world:
         raise TrainingError(f"meta_batch = {cfg.meta_batch} episodes per step cannot be split evenly over "
                             f"{dist.world} processes; choose a multiple of {dist.world}")

@@ -14,6 +14,7 @@ PACKAGE = ROOT / "matchnet"
 # docs/ARCHITECTURE.md's layers, bottom first. A module (or a package: every module under it) may import its own
 # layer and the layers below. A new module belongs in one of them: add it here and in docs/ARCHITECTURE.md.
 LAYERS = [
+    ("the hardware", {"matchnet.cpu"}),
     ("writing files", {"matchnet.atomic"}),
     ("data", {"matchnet.data"}),  # every module under matchnet/data/ (omniglot, lake_runs, ...)
     ("input rules", {"matchnet.inputs"}),

@@ -94,6 +94,8 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
         check_writable(out)  # before minutes of evaluation, not after
     dev = resolve_device(device)
     model = load_model(folder, dev)
+    if hasattr(model, "use_channels_last"):  # NHWC: the same fp32 arithmetic, ~2-5x the images/s on a CPU
+        model.use_channels_last()
     options = dict(data_options or {})
     if dataset != "omniglot":  # natural images: decode at the size the model was trained at
         options["image_size"] = model.config["image_size"]
@@ -522,5 +524,16 @@ def _on_sigterm_raise():
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _reexec_with_malloc_settings() -> None:
+    """matchnet/cpu.py's re-exec, loaded as a file: importing the package would import torch twice."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_matchnet_cpu", ROOT / "matchnet" / "cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.reexec_with_malloc_settings()
+
+
 if __name__ == "__main__":
+    _reexec_with_malloc_settings()  # CPU training steps up to 3x faster with glibc's malloc tuned (matchnet/cpu.py)
     sys.exit(main())
