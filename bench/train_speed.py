@@ -226,7 +226,8 @@ def time_to_accuracy(args, device, splits, report: dict, save) -> None:
     for steps in [int(x) for x in str(args.tta_steps).split(",")]:
         cfg = TrainConfig.from_toml(SHIPPED_TOML, device=device.type, steps=steps, data_root=args.data_root,
                                     out_dir=tempfile.mkdtemp(prefix="matchnet_tta_"), progress=False,
-                                    val_every=steps if q else 250, val_episodes=20 if q else 300,
+                                    val_every=steps if q else args.tta_val_every or 250,
+                                    val_episodes=20 if q else args.tta_val_episodes or 300,
                                     log_every=max(1, steps // 3) if q else 250, checkpoint_every=10 ** 6)
         if q:  # CPU smoke test of the code path: a tiny meta-batch
             cfg = replace(cfg, meta_batch=2)
@@ -337,18 +338,35 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="row 5: torch.compile (CUDA)")
     p.add_argument("--no-parity", action="store_true", help="skip the accuracy-parity runs")
     p.add_argument("--tta-steps", default="1000,1500,2000,2500", help="step counts of the time-to-accuracy runs")
+    p.add_argument("--tta-val-every", type=int, default=0,
+                   help="training-time validation cadence of the time-to-accuracy runs (0: every 250 steps)")
+    p.add_argument("--tta-val-episodes", type=int, default=0,
+                   help="episodes per training-time validation of those runs (0: 300)")
     p.add_argument("--tta-only", action="store_true", help="only time to accuracy: no throughput rows, no parity")
     p.add_argument("--no-tta", action="store_true", help="no time-to-accuracy runs")
     p.add_argument("--fresh-shell", action="store_true",
                    help="also run the chosen step count as `train/run.py train` + `eval` in new processes")
     p.add_argument("--fresh-log", default="bench/tta_fresh_shell.log", help="the fresh-shell run's timestamped log")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--fresh-only", type=int, default=0, metavar="STEPS",
+                   help="only the fresh-shell run, at STEPS already chosen on validation (recorded in --out, "
+                        "which must hold that time_to_accuracy): re-times it on a quiet machine")
     p.add_argument("--out", default="bench/train_speed.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
+    if args.fresh_only:
+        report = json.loads(Path(args.out).read_text())
+        tta = report["time_to_accuracy"]
+        if tta["chosen_steps"] != args.fresh_only:
+            raise SystemExit(f"--fresh-only {args.fresh_only}: {args.out} chose {tta['chosen_steps']} steps")
+        args.test_episodes = tta["test_episodes"]
+        tta["fresh_shell"] = fresh_shell(args, device, args.fresh_only, report)
+        tta["fresh_shell"]["load_average_at_start"] = list(os.getloadavg())
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        return
     start = time.perf_counter()
     q = args.quick
     windows, window_steps, warmup = (3, 3, 1) if q else (5, 30, 10)
@@ -464,4 +482,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "train"))
+    from run import _reexec_with_malloc_settings  # the CLI's own start-up: CPU rows as users train
+
+    _reexec_with_malloc_settings()
     main()
