@@ -55,7 +55,9 @@ def score(folder: Path, cfg: TrainConfig, splits: dict, dev: torch.device, episo
     with torch.no_grad():
         val = val_scores(model, cfg, splits["val"].to(dev), episodes)
         test = scores_on_test(model, splits["test"].to(dev), episodes)
-    return {"checkpoint": str(folder), "val": val, "test": test, "seconds": round(time.perf_counter() - t, 1)}
+    images = sum(work_images(cfg, episodes, splits["test"].num_classes))
+    return {"checkpoint": str(folder), "val": val, "test": test, "seconds": round(time.perf_counter() - t, 1),
+            "images": images}
 
 
 def work_images(cfg: TrainConfig, episodes: int, test_classes: int | None = None) -> tuple[int, int]:

@@ -226,10 +226,9 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
             started = time.perf_counter()
             record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes)
             write_text(cfg.run_dir / "comparison.json", json.dumps(record, indent=2) + "\n")
-            val, test = compare.work_images(cfg, episodes, splits_of(cfg)["test"].num_classes)
             job.done.append("compared")
-            state.record(job, compare_seconds=round(time.perf_counter() - started, 1),
-                         compare_images=(val + test) * (2 if record.get("old") else 1), shipped=record["shipped"])
+            state.record(job, compare_seconds=round(time.perf_counter() - started, 1), shipped=record["shipped"],
+                         compare_images=sum((record.get(w) or {}).get("images", 0) for w in ("old", "new")))
             progress.finished(job, "compared", time.perf_counter() - started)
             say(f"ships the {record['shipped']} model: {record['reason']}")
         if "shipped" in todo:
@@ -378,6 +377,7 @@ def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable
         "selected": f"best {way}-way {shot}-shot validation accuracy (checked every {cfg.val_every} steps)",
         "train_config": json.loads((run_dir / "train_config.json").read_text()),
     }
+    training = {k: v for k, v in training.items() if v is not None}  # the card formats what is there
     write_text(run_dir / "training.json", json.dumps(training, indent=2) + "\n")
     return result
 
