@@ -30,6 +30,24 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(records: list[dict]) -> str:
+    """The rebuild's old vs new: each model's selection metric on validation and its test columns, both models
+    scored by the same code on the same episodes (train/compare.py), and which one ships."""
+    lines = ["| model | checkpoint | " + " | ".join(["val (selects)"] + list(KEYS)) + " | shipped |",
+             "|---|---|" + "---:|" * (1 + len(KEYS)) + "---|"]
+    for r in records:
+        metric = r["selection_metric"]
+        for which in ("old", "new"):
+            scored = r.get(which) or {}
+            if "val" not in scored:
+                continue
+            cells = [_cell(scored["val"][metric])] + [_cell(scored["test"][k]) if k in scored["test"] else "–"
+                                                        for k in KEYS]
+            mark = "**shipped**" if r["shipped"] == which else ""
+            lines.append(f"| {r['model']} | {which} | " + " | ".join(cells) + f" | {mark} |")
+    return "\n".join(lines)
+
+
 def merge_rows(store: Path, measured: list[dict], order: list[str]) -> list[dict]:
     """A table's record (store: {"rows": [...]}) with the rows just measured replacing their earlier versions,
     in the paper's `order`; written back, so a table can be rebuilt one row at a time."""
@@ -57,6 +75,15 @@ def write_results_md(root: Path) -> Path:
         parts.append(f"- `{Path(r['checkpoint']).name}`: {r['episodes']} test episodes per column, seed {r['seed']}, "
                      f"{r['query_per_class']} queries per class, {r['test_classes']} test classes, "
                      f"evaluated on {r['hardware']}.")
+    comparisons = [json.loads(p.read_text()) for p in sorted((root / "assets").glob("*/comparison.json"))]
+    if comparisons:
+        episodes = sorted({c["episodes"] for c in comparisons})
+        parts += ["## Old vs new (the last `train/run.py rebuild`)", "",
+                  f"Both models scored by the same code on the same episodes ({', '.join(map(str, episodes))} per "
+                  "column; validation: every val task, seed 12345, the first one selects; test: seed 0), fp32. The new "
+                  "model ships where its validation score is at least the old one's. From `assets/*/comparison.json`.",
+                  "", comparison_table(comparisons), ""]
+        parts += [f"- `{c['model']}`: {c['reason']}." for c in comparisons] + [""]
     # Other tables (the paper's baselines, the language task) write their own generated sections here.
     for section in sorted((root / "docs" / "results").glob("*.md")):
         parts += ["", section.read_text().strip()]

@@ -343,19 +343,28 @@ def test_rebuild_ships_resumes_and_skips(tmp_path, monkeypatch, capsys):
                 "seed": seed, "query_per_class": 15, "hardware": "test", "model": matchnet.load_model(folder).config,
                 "accuracy": {k: acc for k in ("5w1s", "5w5s", "20w1s", "20w5s")}}
 
+    def fake_compare(name, cfg, new, old, splits, dev, episodes):
+        acc = {"mean": 90.0, "ci95": 0.5}
+        return {"model": name, "episodes": episodes, "selection_metric": "val_20w1s", "shipped": "new",
+                "reason": "nothing was shipped before", "old": None,
+                "new": {"checkpoint": str(new), "val": {"val_20w1s": acc}, "test": {"5w1s": acc}}}
+
     monkeypatch.setattr(rebuild, "train", fake_train)
     monkeypatch.setattr(rebuild, "load_splits", lambda *a: {})
+    monkeypatch.setattr(rebuild.compare, "compare", fake_compare)
     kwargs = dict(device="cpu", data_root=None, push_to=None, private=False, only=[], restart=False, episodes=3,
                   plan_only=False, evaluate=fake_eval, hardware=lambda d: "test CPU")
     rebuild.run(root, **kwargs)
     # smoke.toml is not shipped; the baseline and PTB configs belong to `table omniglot` / `table ptb`
     assert sorted(trained) == ["omniglot-vinyals", "omniglot-vinyals-fce"]
     shipped = root / "assets" / "omniglot-vinyals-fce"
-    assert sorted(p.name for p in shipped.iterdir()) == sorted(set(hub.PUBLISHED) - {"README.md"})
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(set(hub.PUBLISHED) - {"README.md"} | {"comparison.json"})
     assert matchnet.load(shipped).fce
     results = json.loads((shipped / "results.json").read_text())
     assert results["checkpoint"] == "assets/omniglot-vinyals-fce" and "--episodes 3" in results["command"]
-    assert "train/configs/omniglot_vinyals_fce.toml" in json.loads((shipped / "training.json").read_text())["command"]
+    training = json.loads((shipped / "training.json").read_text())
+    assert "train/configs/omniglot_vinyals_fce.toml" in training["train_command"]
+    assert training["command"] == "python train/run.py rebuild --device cpu --only omniglot-vinyals-fce"
     assert "omniglot-vinyals-fce" in (root / "docs" / "RESULTS.md").read_text()
     assert "estimated time" in capsys.readouterr().out
 

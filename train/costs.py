@@ -18,6 +18,11 @@ BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
 TRAIN_RECORD = BENCH / "train_speed_cpu.json"
 EVAL_RECORD = BENCH / "eval_cpu_omniglot-vinyals.json"
 TEST_COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))  # the paper's four Omniglot columns (matchnet.evaluate)
+# Other records can stand in for these two (use_records, or these environment variables): a newer measurement
+# on another CPU, in the same format, or one with a top-level "images_per_s" (and, for training, the
+# "episodes_per_step" it was measured at).
+RECORD_ENV = {"train": "MATCHNET_CPU_TRAIN_RECORD", "eval": "MATCHNET_CPU_EVAL_RECORD"}
+_override: dict[str, Path] = {}
 UNDER_LOAD = "under load (other jobs on the cores) 5-10x slower: docs/bench/speed_cpu_decomposition.json"
 
 
@@ -45,12 +50,31 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def use_records(train: str | Path | None = None, eval: str | Path | None = None) -> None:
+    """Estimate from these records instead of docs/bench/'s (None: keep the current one)."""
+    for kind, path in (("train", train), ("eval", eval)):
+        if path is not None:
+            if _read(Path(path)) is None:
+                raise ValueError(f"{path}: not a readable JSON rate record")
+            _override[kind] = Path(path)
+
+
+def record_path(kind: str) -> Path:
+    """The record in use for "train" or "eval": use_records', else the environment's, else docs/bench/'s."""
+    import os
+
+    env = os.environ.get(RECORD_ENV[kind])
+    return _override.get(kind) or (Path(env) if env else (TRAIN_RECORD if kind == "train" else EVAL_RECORD))
+
+
 def train_rate(episodes_per_step: int) -> tuple[float, int] | None:
     """(training images/s, the measured episodes/step it was measured at): the measured row closest to
     episodes_per_step from below (more episodes per step were slower per image on the CPU)."""
-    record = _read(TRAIN_RECORD)
+    record = _read(record_path("train"))
     if record is None:
         return None
+    if record.get("images_per_s"):  # one measured rate, at the episodes per step it names (default 1)
+        return float(record["images_per_s"]), int(record.get("episodes_per_step", 1))
     rows = []
     for row in record.get("rows", []):
         m = re.search(r"(\d+) episodes?/step", row.get("pipeline", ""))
@@ -65,7 +89,9 @@ def train_rate(episodes_per_step: int) -> tuple[float, int] | None:
 
 def eval_rate() -> float | None:
     """Test images per second of `train/run.py eval` (1,000 episodes of each of the four columns)."""
-    record = _read(EVAL_RECORD)
+    record = _read(record_path("eval"))
+    if record is not None and record.get("images_per_s"):
+        return float(record["images_per_s"])
     if record is None or not record.get("eval_seconds"):
         return None
     query = int(record.get("query_per_class", 15))
@@ -79,7 +105,7 @@ def eval_cost(episodes: int, columns=TEST_COLUMNS, query: int = 15) -> Cost | No
         return None
     images = episodes * sum(w * (s + query) for w, s in columns)
     return Cost(images / rate, f"{episodes:,} episodes x {images // episodes:,} images of the four columns / "
-                               f"{rate:,.0f} test images/s measured in {EVAL_RECORD.name}")
+                               f"{rate:,.0f} test images/s measured in {record_path('eval').name}")
 
 
 def train_cost(cfg, steps: int | None = None, validations: int | None = None) -> Cost | None:
@@ -94,8 +120,8 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
     checks = max(1, steps // cfg.val_every) if validations is None else validations
     val_images = checks * cfg.val_episodes * sum(w * (s + cfg.val_query) for w, s in cfg.val_tasks)
     seconds = steps * per_step / rate + val_images / test
-    how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({TRAIN_RECORD.name}, {at} "
-           f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({EVAL_RECORD.name})")
+    how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({record_path('train').name}, {at} "
+           f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({record_path('eval').name})")
     if getattr(cfg, "fce", False):
         how += "; FCE's LSTMs not included (not measured on a CPU): a lower bound"
     if getattr(cfg, "dataset", "omniglot") != "omniglot":

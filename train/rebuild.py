@@ -3,8 +3,11 @@
 One config per shipped model in train/configs/ (smoke.toml and the baseline_* / ptb_* configs of the other
 tables aside); the config's `name` is its folder in assets/.
 Per model: train (runs/<name>/), evaluate runs/<name>/best on the test split, write results.json and
-training.json beside it, copy checkpoint + results + training record + log into assets/<name>/, optionally
-publish. docs/RESULTS.md is regenerated at the end.
+training.json beside it, compare it with the shipped assets/<name>/ on the same validation and test episodes
+(train/compare.py: the new one ships only where its selection metric on validation is at least the old one's),
+copy checkpoint + results + training record + log + comparison into assets/<name>/ (or only the comparison,
+where the old model stays), optionally publish. docs/RESULTS.md is regenerated at the end; each phase's
+measured seconds and images go into runs/rebuild_state.json, the whole run's into runs/rebuild_summary.json.
 
 Interrupt it at any time and run the same command again: train() resumes from runs/<name>/last.safetensors, and
 runs/rebuild_state.json records which steps each model finished for the current text of its config, so finished
@@ -28,7 +31,7 @@ from matchnet.checkpoint import CONFIG, WEIGHTS
 from matchnet.data import load_splits
 from matchnet.results import write_results_md
 from matchnet.train import TrainConfig, resolve_device, train
-from train import costs
+from train import compare, costs
 
 # smoke: a pipeline check; omniglot_lake_within: a candidate recipe for omniglot-lake, shipped only once it
 # beats omniglot_lake.toml on validation (its full run needs a GPU).
@@ -39,7 +42,7 @@ OTHER_TABLES = ("baseline_", "ptb_", "miniimagenet_", "imagenet_")
 # Measured: ~70 s per 5000-step model on one H100 (start-up, validation and bf16 included).
 H100_SECONDS_PER_STEP = 70 / 5000
 EVAL_SECONDS = 10  # data loading + 4 x 1000 test episodes on an H100, roughly
-PHASES = ("trained", "evaluated", "shipped")
+PHASES = ("trained", "evaluated", "compared", "shipped")
 
 
 @dataclass
@@ -56,7 +59,9 @@ class Job:
         return self.cfg.name
 
     def todo(self, push_repo: str | None) -> list[str]:
-        phases = [p for p in PHASES if p not in self.done]
+        # a phase redone means every later one is redone too (a new comparison must be shipped again)
+        missing = [i for i, p in enumerate(PHASES) if p not in self.done]
+        phases = list(PHASES[missing[0]:]) if missing else []
         if push_repo and f"pushed:{push_repo}" not in self.done:
             phases.append("pushed")
         return phases
@@ -115,7 +120,12 @@ def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000) -> fl
         return train_s + (EVAL_SECONDS if "evaluated" not in job.done else 0)
     train = costs.train_cost(job.cfg, steps=steps_left) if "trained" not in job.done and steps_left else None
     test = costs.eval_cost(episodes) if "evaluated" not in job.done else None
-    return (train.seconds if train else 0.0) + (test.seconds if test else 0.0)
+    # old vs new: both models on the val tasks and the test columns (validation priced as test images)
+    both = costs.eval_cost(episodes) if "compared" not in job.done else None
+    val, _ = compare.work_images(job.cfg, episodes)
+    rate = costs.eval_rate()
+    both_s = 2 * (both.seconds + val / rate) if both and rate else 0.0
+    return (train.seconds if train else 0.0) + (test.seconds if test else 0.0) + both_s
 
 
 def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to: str | None,
@@ -126,7 +136,7 @@ def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to
         c = job.cfg
         repo = push_target(push_to, job.name) if push_to else None
         todo = job.todo(repo)
-        steps = {"evaluated": "evaluate", "shipped": f"copy to assets/{job.name}/", "pushed": f"publish to {repo}"}
+        steps = {"evaluated": "evaluate", "compared": "old vs new on val and test", "shipped": f"copy to assets/{job.name}/", "pushed": f"publish to {repo}"}
         if "trained" in todo:
             start = ("from scratch" + (" (config changed or --restart)" if job.fresh else "")
                      if job.fresh or not job.resume_step else f"resuming at step {job.resume_step}")
@@ -142,6 +152,8 @@ def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to
     todo = [j for j in jobs if "trained" in j.todo(None)]
     train = costs.train_cost(todo[0].cfg) if todo else None
     test = costs.eval_cost(episodes)
+    if test:  # the plan line says so: old vs new scores two models
+        test = costs.Cost(test.seconds, test.how + "; old vs new: twice this plus both models' val tasks")
     if total == 0 and (todo or any("evaluated" in j.todo(None) for j in jobs)):
         print("estimated time on this CPU: not measured (no CPU record in docs/bench/)")
         return
@@ -170,7 +182,15 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
     if push_to and any("pushed" in job.todo(push_target(push_to, job.name)) for job in jobs):
         hub.check_hub_access()  # before hours of training, not after
     print(f"progress is saved in {state.path}; interrupt at will and rerun the same command to resume", flush=True)
+    progress = Progress(jobs, dev, episodes, root)
     splits_cache: dict[tuple, dict] = {}
+
+    def splits_of(cfg: TrainConfig) -> dict:
+        key = (cfg.dataset, cfg.split, cfg.data_root)
+        if key not in splits_cache:
+            splits_cache[key] = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download)
+        return splits_cache[key]
+
     for i, job in enumerate(jobs, 1):
         cfg, assets = job.cfg, root / "assets" / job.name
         repo = push_target(push_to, job.name) if push_to else None
@@ -181,31 +201,142 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
             continue
         t0 = time.perf_counter()
         if "trained" in todo:
-            say(f"training ({job.toml.name})")
+            say(f"training ({job.toml.name}); {progress.line()}")
             state.record(job, reset=job.fresh)  # the config's sha first: an edit made meanwhile restarts it
-            key = (cfg.dataset, cfg.split, cfg.data_root)
-            if key not in splits_cache:
-                splits_cache[key] = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download)
-            seconds = train(cfg, splits=splits_cache[key], resume=not job.fresh)["seconds"]
+            started = time.perf_counter()
+            summary = train(cfg, splits=splits_of(cfg), resume=not job.fresh)
+            if summary.get("interrupted"):  # the engine saved a resume point; "trained" would be a lie
+                raise KeyboardInterrupt
+            steps = summary.get("steps", cfg.steps)
             job.done.append("trained")
-            state.record(job, train_seconds=round(state.data[job.name].get("train_seconds", 0) + seconds, 1))
+            # the engine's seconds count every session of this run (its log's times), start-up included
+            state.record(job, train_seconds=round(summary["seconds"], 1), train_steps=steps,
+                         train_images=steps * images_per_step(cfg))
+            progress.finished(job, "trained", time.perf_counter() - started)
         if "evaluated" in todo:
-            say(f"evaluating {cfg.run_dir / 'best'} on the test split")
-            write_records(job, dev, episodes, evaluate, hardware, state.data[job.name].get("train_seconds"))
+            say(f"evaluating {cfg.run_dir / 'best'} on the test split; {progress.line()}")
+            started = time.perf_counter()
+            result = write_records(job, dev, episodes, evaluate, hardware, state.data[job.name])
             job.done.append("evaluated")
-            state.record(job)
+            state.record(job, eval_seconds=result.get("eval_seconds"),
+                         eval_images=compare.work_images(cfg, episodes, result.get("test_classes"))[1])
+            progress.finished(job, "evaluated", time.perf_counter() - started)
+        if "compared" in todo:
+            say(f"old vs new: scoring {assets} and {cfg.run_dir / 'best'} on the same episodes; {progress.line()}")
+            started = time.perf_counter()
+            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes)
+            write_text(cfg.run_dir / "comparison.json", json.dumps(record, indent=2) + "\n")
+            job.done.append("compared")
+            state.record(job, compare_seconds=round(time.perf_counter() - started, 1), shipped=record["shipped"],
+                         compare_images=sum((record.get(w) or {}).get("images", 0) for w in ("old", "new")))
+            progress.finished(job, "compared", time.perf_counter() - started)
+            say(f"ships the {record['shipped']} model: {record['reason']}")
         if "shipped" in todo:
-            ship(cfg.run_dir, assets)
+            kept = state.data[job.name].get("shipped") == "old"
+            ship(cfg.run_dir, assets, keep_old=kept)
             job.done.append("shipped")
             state.record(job)
-            say(f"copied to {assets}")
+            say(f"kept the old model in {assets} (comparison.json beside it)" if kept else f"copied to {assets}")
         if "pushed" in todo:
             say(f"publishing to {repo}")
             print(f"  {hub.publish(assets, repo, private=private)}", flush=True)
             job.done.append(f"pushed:{repo}")
             state.record(job)
-        say(f"done in {time.perf_counter() - t0:.0f} s")
+        say(f"done in {time.perf_counter() - t0:.0f} s; {progress.line()}")
     print(f"wrote {write_results_md(root)}")
+    summary = progress.summary(state.data)
+    write_text(Path("runs") / "rebuild_summary.json", json.dumps(summary, indent=2) + "\n")
+    print(f"rebuild: {costs.duration(summary['seconds_this_session'])} this session"
+          + (f" (estimated at its start: ~{costs.duration(summary['estimated_seconds'])})"
+             if summary["estimated_seconds"] else "")
+          + f"; measured per job in {state.path}; summary in runs/rebuild_summary.json", flush=True)
+
+
+def images_per_step(cfg: TrainConfig) -> int:
+    return cfg.meta_batch * cfg.way * (cfg.shot + cfg.query)
+
+
+class Progress:
+    """One status line over the whole rebuild: work left in estimated seconds (train/costs.py's rates, or images
+    where no rate is measured), scaled by how fast this run has gone so far against those estimates."""
+
+    def __init__(self, jobs: list[Job], dev: torch.device, episodes: int, root: Path):
+        self.t0, self.done_units, self.done_seconds = time.perf_counter(), 0.0, 0.0
+        self.seconds_units = dev.type == "cpu" and costs.eval_rate() is not None and costs.train_rate(1) is not None
+        self.units = {(j.name, p): self._units(j, p, dev, episodes, root) for j in jobs for p in j.todo(None)
+                      if p in ("trained", "evaluated", "compared")}
+        self.estimated = sum(self.units.values()) if self.seconds_units else 0.0
+
+    def _units(self, job: Job, phase: str, dev: torch.device, episodes: int, root: Path) -> float:
+        cfg = job.cfg
+        val, test = compare.work_images(cfg, episodes)
+        if phase == "trained":
+            steps = cfg.steps - (0 if job.fresh else min(job.resume_step, cfg.steps))
+            if self.seconds_units:
+                return costs.train_cost(cfg, steps=steps).seconds
+            return steps * images_per_step(cfg) + max(1, steps // cfg.val_every) * cfg.val_episodes * val / episodes
+        images = test if phase == "evaluated" else (val + test) * (2 if (root / "assets" / job.name /
+                                                                        "model.safetensors").is_file() else 1)
+        return images / costs.eval_rate() if self.seconds_units else images
+
+    def finished(self, job: Job, phase: str, seconds: float) -> None:
+        self.done_units += self.units.pop((job.name, phase), 0.0)
+        self.done_seconds += seconds
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        left = sum(self.units.values())
+        total = left + self.done_units
+        pct = 100 * self.done_units / total if total else 100.0
+        if self.done_units and self.done_seconds:  # the rate measured in this run
+            eta = f"~{costs.duration(left * self.done_seconds / self.done_units)} left at this run's measured pace"
+        elif self.seconds_units:
+            eta = f"~{costs.duration(left)} left (estimate from the CPU records; nothing measured yet)"
+        else:
+            eta = "time left: not known until the first phase has been timed"
+        return f"rebuild {pct:.0f}% done, {costs.duration(elapsed)} elapsed, {eta}"
+
+    def summary(self, state: dict) -> dict:
+        keys = ("train_seconds", "train_images", "eval_seconds", "eval_images", "compare_seconds", "compare_images",
+                "shipped")
+        return {"seconds_this_session": round(time.perf_counter() - self.t0, 1),
+                "estimated_seconds": round(self.estimated, 1),
+                "jobs": {name: {k: entry.get(k) for k in keys} for name, entry in state.items()},
+                "torch": torch.__version__, "hardware": hardware_line(torch.device("cpu"))}
+
+
+def hardware_line(dev: torch.device) -> str:
+    from matchnet.engine import hardware
+
+    if dev.type != "cpu":
+        return hardware(dev)
+    from matchnet.cpu import describe
+
+    return f"{hardware(dev)}; {describe()}"
+
+
+def check_command(root: Path, command: str) -> str | None:
+    """Why a training.json's command would not reproduce its model in this checkout (None: it names an
+    existing subcommand of train/run.py, and a config in train/configs/ that exists)."""
+    import shlex
+
+    words = shlex.split(command)
+    if words[:2] != ["python", "train/run.py"] or len(words) < 3:
+        return f"{command!r} is not a train/run.py command"
+    if words[2] not in ("train", "rebuild", "table"):
+        return f"{command!r}: {words[2]!r} is not a command that trains"
+    if "--config" in words:
+        toml = words[words.index("--config") + 1]
+        if not (root / toml).is_file():
+            return f"{command!r}: {toml} does not exist"
+    if "--only" in words:
+        name = words[words.index("--only") + 1]
+        names = {TrainConfig.from_toml(p).name for p in (root / "train" / "configs").glob("*.toml")}
+        if name not in names:
+            return f"{command!r}: no config in train/configs/ is named {name}"
+    if words[2] in ("train", "rebuild") and "--config" not in words and "--only" not in words:
+        return f"{command!r} names no config"
+    return None
 
 
 class State:
@@ -224,8 +355,8 @@ class State:
 
 
 def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable[..., dict],
-                  hardware: Callable[[torch.device], str], train_seconds: float | None) -> None:
-    """runs/<name>/results.json and training.json, in the form the shipped assets have them."""
+                  hardware: Callable[[torch.device], str], measured: dict) -> dict:
+    """runs/<name>/results.json and training.json, in the form the shipped assets have them; returns the results."""
     cfg, run_dir = job.cfg, job.cfg.run_dir
     result = evaluate(run_dir / "best", cfg.dataset, cfg.split, cfg.data_root, dev.type, episodes, 0, None)
     result["checkpoint"] = f"assets/{job.name}"  # where it ships
@@ -234,19 +365,31 @@ def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable
     write_text(run_dir / "results.json", json.dumps(result, indent=2) + "\n")
     way, shot = cfg.val_tasks[0]
     training = {
-        "dataset": cfg.dataset, "split": cfg.split, "trained_on": f"{hardware(dev)} (torch {torch.__version__})",
-        "command": f"python train/run.py train --config train/configs/{job.toml.name} --device {dev.type} --eval",
-        "train_seconds": train_seconds,
+        "dataset": cfg.dataset, "split": cfg.split,
+        "rebuilt_by": "train/run.py rebuild",  # tests/test_rebuild_cpu.py checks the command of every such record
+        "command": f"python train/run.py rebuild --device {dev.type} --only {job.name}",
+        "train_command": f"python train/run.py train --config train/configs/{job.toml.name} --device {dev.type} --eval",
+        "torch": torch.__version__, "hardware": hardware_line(dev),
+        "trained_on": f"{hardware(dev)} (torch {torch.__version__})",
+        "date": time.strftime("%Y-%m-%d"),
+        "train_seconds": measured.get("train_seconds"), "train_steps": measured.get("train_steps"),
+        "train_images": measured.get("train_images"),
         "selected": f"best {way}-way {shot}-shot validation accuracy (checked every {cfg.val_every} steps)",
         "train_config": json.loads((run_dir / "train_config.json").read_text()),
     }
+    training = {k: v for k, v in training.items() if v is not None}  # the card formats what is there
     write_text(run_dir / "training.json", json.dumps(training, indent=2) + "\n")
+    return result
 
 
-def ship(run_dir: Path, assets: Path) -> None:
-    """Copy the best checkpoint and its records into assets/<name>/, each file replaced atomically."""
+def ship(run_dir: Path, assets: Path, keep_old: bool = False) -> None:
+    """Copy the best checkpoint and its records into assets/<name>/, each file replaced atomically; with
+    keep_old, only the comparison that kept the old model goes beside it."""
     assets.mkdir(parents=True, exist_ok=True)
-    for src, dst in [(run_dir / "best" / CONFIG, CONFIG), (run_dir / "best" / WEIGHTS, WEIGHTS),
-                     (run_dir / "results.json", "results.json"), (run_dir / "training.json", "training.json"),
-                     (run_dir / "log.jsonl", "training_log.jsonl")]:
+    files = [(run_dir / "comparison.json", "comparison.json")]
+    if not keep_old:
+        files = [(run_dir / "best" / CONFIG, CONFIG), (run_dir / "best" / WEIGHTS, WEIGHTS),
+                 (run_dir / "results.json", "results.json"), (run_dir / "training.json", "training.json"),
+                 (run_dir / "log.jsonl", "training_log.jsonl")] + files
+    for src, dst in files:
         write_with(assets / dst, lambda tmp, src=src: shutil.copy2(src, tmp))

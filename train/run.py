@@ -279,10 +279,12 @@ def cmd_publish(args) -> None:
 
 
 def cmd_rebuild(args) -> None:
+    from train import costs
     from train.rebuild import run  # the orchestration lives beside this file
 
+    costs.use_records(train=args.train_rate_record, eval=args.eval_rate_record)
     try:
-        run(ROOT, device=args.device or "auto", data_root=args.data_root, push_to=args.push_to,
+        run(Path(args.root).resolve() if args.root else ROOT, device=args.device or "auto", data_root=args.data_root, push_to=args.push_to,
             private=args.private, only=args.only, restart=args.restart, episodes=args.episodes,
             plan_only=args.plan, evaluate=evaluate_checkpoint, hardware=hardware)
     except KeyboardInterrupt:
@@ -440,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart", action="store_true", help="forget resume points and finished steps")
     p.add_argument("--episodes", type=int, default=1000, help="test episodes per column (default 1000)")
     p.add_argument("--plan", action="store_true", help="print the plan and stop")
+    p.add_argument("--root", help="the checkout whose train/configs/, assets/ and docs/ are rebuilt (default: this one)")
+    p.add_argument("--train-rate-record", help="a CPU training-speed record (JSON) for the estimates, instead of "
+                                               "docs/bench/train_speed_cpu.json")
+    p.add_argument("--eval-rate-record", help="a CPU test-speed record (JSON) for the estimates, instead of "
+                                              "docs/bench/eval_cpu_omniglot-vinyals.json")
     p.set_defaults(func=cmd_rebuild)
 
     p = sub.add_parser("table", help="train what is missing and rebuild one of the paper's tables in docs/RESULTS.md "

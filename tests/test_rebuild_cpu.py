@@ -1,0 +1,165 @@
+"""`train/run.py rebuild --device cpu` end to end on a tiny checkout: killed once mid-training, run again, it
+resumes; old vs new decides what ships; every rebuilt record names a command that exists."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from matchnet.checkpoint import save_model  # noqa: E402
+from train import compare, rebuild  # noqa: E402
+
+# train/run.py's main, with the synthetic glyphs (tests/dist_worker.py) for data and, with SLOW_STEP, one slow
+# step, so that the test can stop it mid-training at a known point.
+CHILD = """
+import os, sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+import matchnet.data, matchnet.train as T
+from dist_worker import glyph_splits
+matchnet.data.load_splits = T.load_splits = lambda *a, **k: glyph_splits(40)
+slow_step = int(os.environ.get("SLOW_STEP", "0"))
+plain = T.matching_task
+def matching_task(*a, **k):
+    task = plain(*a, **k)
+    batch, calls = task.batch, [0]
+    def slow_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == slow_step:
+            print("STEP", flush=True)
+            time.sleep(3)
+        return batch(*args, **kwargs)
+    task.batch = slow_batch
+    return task
+T.matching_task = matching_task
+import importlib.util
+spec = importlib.util.spec_from_file_location("run_cli", {run!r})
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+sys.exit(run.main(sys.argv[1:]))
+"""
+
+TINY = """name = "tiny"
+dataset = "omniglot"
+split = "vinyals"
+way = 5
+shot = 1
+query = 2
+meta_batch = 1
+steps = 12
+hidden = 8
+val_tasks = [[5, 1], [20, 1]]
+val_every = 4
+val_episodes = 10
+log_every = 1
+checkpoint_every = 4
+progress = false
+"""
+
+
+def child(cwd: Path, root: Path, **env: str) -> subprocess.Popen:
+    script = CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), run=str(ROOT / "train" / "run.py"))
+    args = ["rebuild", "--device", "cpu", "--root", str(root), "--episodes", "20"]
+    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def blank(cfg):
+    """A model whose weights are all zero: every image looks alike to it, so it scores chance."""
+    model = cfg.model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+def log_steps(run: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_rebuild_on_a_cpu_is_killed_resumes_and_ships_by_validation(tmp_path):
+    root, work = tmp_path / "repo", tmp_path / "work"
+    (root / "train" / "configs").mkdir(parents=True)
+    work.mkdir()
+    toml = root / "train" / "configs" / "tiny.toml"
+    toml.write_text(TINY)
+    cfg = rebuild.TrainConfig.from_toml(toml)
+    save_model(blank(cfg), root / "assets" / "tiny")  # the "old" shipped model: at chance on val
+
+    first = child(work, root, SLOW_STEP="7")
+    assert first.stdout.readline().strip().startswith("rebuild plan")
+    while (line := first.stdout.readline()) and line.strip() != "STEP":
+        pass
+    first.send_signal(signal.SIGTERM)  # during step 7: the engine finishes it, saves a resume point, stops
+    out, err = first.communicate(timeout=120)
+    assert first.returncode != 0 and "Traceback" not in err, err
+    run = work / "runs" / "tiny"
+    state = json.loads((work / "runs" / "rebuild_state.json").read_text())
+    assert state["tiny"]["done"] == []  # nothing recorded that did not happen
+    assert log_steps(run) == list(range(1, 8))
+    assert not (root / "assets" / "tiny" / "training.json").exists()
+
+    second = child(work, root)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    assert "resuming at step 7" in out and "left at this run's measured pace" in out
+    assert log_steps(run) == list(range(1, 13))  # no step twice
+    assert json.loads((run / "run.json").read_text())["first_step_this_session"] == 8
+    state = json.loads((work / "runs" / "rebuild_state.json").read_text())["tiny"]
+    assert state["done"] == ["trained", "evaluated", "compared", "shipped"]
+    assert state["train_images"] == 12 * 5 * 3 and state["train_seconds"] > 0 and state["shipped"] == "new"
+    shipped = root / "assets" / "tiny"
+    assert (shipped / "model.safetensors").read_bytes() == (run / "best" / "model.safetensors").read_bytes()
+    comparison = json.loads((shipped / "comparison.json").read_text())
+    assert comparison == json.loads((run / "comparison.json").read_text())
+    assert comparison["shipped"] == "new" and comparison["selection_metric"] == "val_5w1s"
+    for which in ("old", "new"):
+        assert set(comparison[which]["val"]) == {"val_5w1s", "val_20w1s"}
+        assert set(comparison[which]["test"]) == {"5w1s", "5w5s", "20w1s", "20w5s"}
+    assert comparison["new"]["val"]["val_5w1s"]["mean"] >= comparison["old"]["val"]["val_5w1s"]["mean"]
+    training = json.loads((shipped / "training.json").read_text())
+    assert training["torch"] == torch.__version__ and "threads" in training["hardware"]
+    assert rebuild.check_command(root, training["command"]) is None
+    assert rebuild.check_command(root, training["train_command"]) is None
+    assert "Old vs new" in (root / "docs" / "RESULTS.md").read_text()
+    summary = json.loads((work / "runs" / "rebuild_summary.json").read_text())
+    assert summary["jobs"]["tiny"]["shipped"] == "new" and summary["seconds_this_session"] > 0
+
+    again = child(work, root)  # finished phases are not redone
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0 and "tiny: up to date" in out, err
+
+    # the rule the other way: a worse new model leaves the old one in place
+    splits = __import__("dist_worker").glyph_splits(40)
+    save_model(blank(cfg), tmp_path / "worse")
+    record = compare.compare("tiny", cfg, tmp_path / "worse", shipped, splits, torch.device("cpu"), 20)
+    assert record["shipped"] == "old" and "the old model stays" in record["reason"]
+
+
+def test_check_command_accepts_only_commands_that_exist(tmp_path):
+    (tmp_path / "train" / "configs").mkdir(parents=True)
+    (tmp_path / "train" / "configs" / "tiny.toml").write_text(TINY)
+    ok = ["python train/run.py rebuild --device cpu --only tiny",
+          "python train/run.py train --config train/configs/tiny.toml --device cpu --eval"]
+    bad = ["python train/run.py rebuild --device cpu --only other", "python train/run.py fit --only tiny",
+           "python train/run.py train --config train/configs/gone.toml", "python other.py train"]
+    assert [rebuild.check_command(tmp_path, c) for c in ok] == [None, None]
+    assert all(rebuild.check_command(tmp_path, c) for c in bad)
+
+
+@pytest.mark.parametrize("record", sorted(ROOT.glob("assets/**/training.json")), ids=lambda p: p.parent.name)
+def test_a_rebuilt_asset_names_a_command_torch_and_hardware(record):
+    """The rule for every asset `rebuild` wrote (its training.json has rebuilt_by); older records predate it."""
+    training = json.loads(record.read_text())
+    if "rebuilt_by" not in training:
+        return  # shipped before the rule: reported, not skipped (the lead's rebuild replaces them)
+    assert rebuild.check_command(ROOT, training["command"]) is None
+    assert training["torch"] and training["hardware"] and training["train_seconds"] and training["date"]
