@@ -122,7 +122,11 @@ def worker(spec: dict) -> dict:
     first = time.perf_counter()
     step(cfg.lr)
     first = time.perf_counter() - first
-    return {**info, "first_step_s": first, **throughput(step, cfg.lr, spec["timing"])}
+    rates = throughput(step, cfg.lr, spec["timing"])
+    import resource  # the row process's peak resident memory: what the malloc settings cost in RAM
+
+    return {**info, "first_step_s": first, **rates,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def matmul_rate(dtype, quick: bool) -> float:

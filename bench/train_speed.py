@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT))
 from matchnet.data import load_splits  # noqa: E402
 from matchnet.episodes import Episodes  # noqa: E402
 from matchnet.evaluate import TEST_QUERY, evaluate_table  # noqa: E402
-from matchnet.train import TrainConfig, build, episode_loss, make_step, resolve_device, train  # noqa: E402
+from matchnet.train import (TrainConfig, build, episode_loss, eval_batch, make_step, resolve_device,  # noqa: E402
+                            train)
 
 SHIPPED_TOML = ROOT / "train" / "configs" / "omniglot_vinyals.toml"
 # Conv-4 on 1x28x28: 2 x MACs of the four 3x3 convolutions (28², 14², 7², 3² outputs of 64 channels).
@@ -208,7 +209,10 @@ def reset_memory(device) -> None:
 
 def table_accuracy(model, split, episodes: int, seed: int, columns) -> dict:
     """evaluate_table: the episodes of `train/run.py eval` (column i: seed + 1000*i), in eval mode."""
-    accs = evaluate_table(model, split, episodes=episodes, seed=seed, columns=columns, progress=False)
+    if hasattr(model, "use_channels_last"):  # as train/run.py eval: NHWC, the same fp32 arithmetic
+        model.use_channels_last()
+    accs = evaluate_table(model, split, episodes=episodes, seed=seed, columns=columns, progress=False,
+                          batch=eval_batch(split.images.device))
     return {f"{a.way}w{a.shot}s": {"mean": round(a.mean, 2), "ci95": round(a.ci95, 2), "seed": a.seed}
             for a in accs}
 
@@ -285,7 +289,7 @@ def fresh_shell(args, device, steps: int, report: dict) -> dict:
     if args.quick:  # the code path only: a tiny meta-batch, validation once
         train_cmd += ["--set", "meta_batch=2", "--set", f"val_every={steps}", "--set", "val_episodes=20"]
     eval_cmd = [sys.executable, "train/run.py", "eval", "--checkpoint", str(out / "run" / "best"), "--device",
-                device.type, "--episodes", str(args.test_episodes), "--seed", "0", "--out", str(out / "results.json")]
+                device.type, "--data-root", args.data_root, "--episodes", str(args.test_episodes), "--seed", "0", "--out", str(out / "results.json")]
     timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").is_file() else []
     record: dict = {"train_command": " ".join(train_cmd[1:]), "eval_command": " ".join(eval_cmd[1:]),
                     "log": str(log_path)}

@@ -284,3 +284,42 @@ def test_set_values_take_the_type_of_their_key():
     assert sets == {"name": "2024", "steps": 30, "val_tasks": [[5, 1]], "fce": True, "lr": 1e-3}
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["steps"], TrainConfig)
+
+
+def test_time_limit_keeps_room_for_the_final_validation(tmp_path, monkeypatch):
+    """A fake clock: each step costs 1 s, each validation 10 s. With a 40 s limit and validation every 5 steps,
+    the run must stop early enough that the final validation (as long as the last one) ends inside the limit,
+    and never starts training past it."""
+    import matchnet.engine as engine
+
+    clock = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
+    cfg = TrainConfig(name="clock", way=5, shot=1, query=3, meta_batch=1, steps=1000, hidden=8, warmup_steps=0,
+                      val_tasks=[[5, 1]], val_every=5, val_episodes=4, val_query=3, log_every=1000,
+                      checkpoint_every=1000, device="cpu", out_dir=str(tmp_path / "run"), progress=False,
+                      time_limit=40.0)
+    splits = glyph_splits()
+    import matchnet.train as mtrain
+
+    real_sample = EpisodeSampler.sample
+
+    def timed_sample(self, episodes=1):
+        clock[0] += 1.0  # a training step's worth of time, counted when its batch is drawn
+        return real_sample(self, episodes)
+
+    real_validate = mtrain.validate
+
+    def timed_validate(model, c, val_split):
+        clock[0] += 10.0
+        return real_validate(model, c, val_split)
+
+    monkeypatch.setattr(EpisodeSampler, "sample", timed_sample)
+    monkeypatch.setattr(mtrain, "validate", timed_validate)
+    summary = train(cfg, splits=splits)
+    assert summary["stopped_at_time_limit"]
+    # steps 1-5 (5 s) + val (10 s) = 15 s; steps 6-10 -> 20 s + val -> 30 s; then the run may take steps only
+    # while elapsed + 10 s (the last validation) stays within 40 s: it stops at 30 + 1 = 31 s and validates.
+    assert summary["seconds"] <= cfg.time_limit + 1.0, summary
+    assert summary["steps"] == 11, summary
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "val_5w1s" in log[-1] and log[-1]["step"] == 11

@@ -47,15 +47,22 @@ def scores_on_test(model: torch.nn.Module, test_split, episodes: int) -> dict[st
     return {f"{a.way}w{a.shot}s": _acc(a) for a in accs}
 
 
-def score(folder: Path, cfg: TrainConfig, splits: dict, dev: torch.device, episodes: int) -> dict:
+def score(folder: Path, cfg: TrainConfig, splits: dict, dev: torch.device, episodes: int,
+          test: dict | None = None) -> dict:
+    """Val and test scores of one checkpoint; `test`: its test scores already measured on these episodes
+    (the evaluated phase's results.json: the same evaluate_table call), not measured twice."""
     model = load_model(folder, dev)
     model.use_channels_last()  # NHWC: the same fp32 arithmetic, faster on a CPU
     model.eval()
     t = time.perf_counter()
+    val_images, test_images = work_images(cfg, episodes, splits["test"].num_classes)
     with torch.no_grad():
         val = val_scores(model, cfg, splits["val"].to(dev), episodes)
-        test = scores_on_test(model, splits["test"].to(dev), episodes)
-    images = sum(work_images(cfg, episodes, splits["test"].num_classes))
+        if test is None:
+            test = scores_on_test(model, splits["test"].to(dev), episodes)
+        else:
+            test_images = 0
+    images = val_images + test_images
     return {"checkpoint": str(folder), "val": val, "test": test, "seconds": round(time.perf_counter() - t, 1),
             "images": images}
 
@@ -69,13 +76,14 @@ def work_images(cfg: TrainConfig, episodes: int, test_classes: int | None = None
 
 
 def compare(name: str, cfg: TrainConfig, new: Path, old: Path, splits: dict, dev: torch.device,
-            episodes: int) -> dict:
-    """Both models scored, and the decision with its reason (runs/<name>/comparison.json's content)."""
+            episodes: int, new_test: dict | None = None) -> dict:
+    """Both models scored, and the decision with its reason (runs/<name>/comparison.json's content).
+    new_test: the new model's test scores from the evaluated phase (same episodes), if at hand."""
     first = f"val_{cfg.val_tasks[0][0]}w{cfg.val_tasks[0][1]}s"
     record = {"model": name, "episodes": episodes, "val_seed": VAL_SEED, "test_seed": 0,
               "val_protocol": cfg.val_protocol, "val_query": cfg.val_query, "test_query": TEST_QUERY,
-              "selection_metric": first, "precision": "fp32, channels_last", "new": score(new, cfg, splits, dev,
-                                                                                          episodes)}
+              "selection_metric": first, "precision": "fp32, channels_last",
+              "new": score(new, cfg, splits, dev, episodes, new_test)}
     if not (old / WEIGHTS).is_file():
         record.update(old=None, shipped="new", reason=f"nothing was shipped at {old} before")
         return record

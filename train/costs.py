@@ -16,6 +16,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
 TRAIN_RECORD = BENCH / "train_speed_cpu.json"
+# bench/cpu_speed.py's record (the CPU fast path as the CLI trains): preferred where it exists
+FAST_RECORD = BENCH / "cpu_speed.json"
 EVAL_RECORD = BENCH / "eval_cpu_omniglot-vinyals.json"
 TEST_COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))  # the paper's four Omniglot columns (matchnet.evaluate)
 # Other records can stand in for these two (use_records, or these environment variables): a newer measurement
@@ -67,9 +69,23 @@ def record_path(kind: str) -> Path:
     return _override.get(kind) or (Path(env) if env else (TRAIN_RECORD if kind == "train" else EVAL_RECORD))
 
 
-def train_rate(episodes_per_step: int) -> tuple[float, int] | None:
-    """(training images/s, the measured episodes/step it was measured at): the measured row closest to
-    episodes_per_step from below (more episodes per step were slower per image on the CPU)."""
+def fast_rate(fce: bool) -> tuple[float, int, str] | None:
+    """(images/s, episodes/step, row) of bench/cpu_speed.py's CPU recipe row (FCE or not), as the CLI trains."""
+    record = _read(FAST_RECORD) if record_path("train") == TRAIN_RECORD else None
+    row = next((r for r in (record or {}).get("rows", []) if r.get("name") == ("recipe+fce" if fce else "recipe")),
+               None)
+    if row is None or record.get("quick"):
+        return None
+    return float(row["images_per_s"]), int(row["settings"]["episodes"]), row["name"]
+
+
+def train_rate(episodes_per_step: int, fce: bool = False) -> tuple[float, int] | None:
+    """(training images/s, the measured episodes/step it was measured at): the CPU recipe's row of
+    cpu_speed.json, else the measured row closest to episodes_per_step from below (more episodes per step were
+    slower per image on the CPU before the malloc settings)."""
+    fast = fast_rate(fce)
+    if fast is not None:
+        return fast[0], fast[1]
     record = _read(record_path("train"))
     if record is None:
         return None
@@ -112,7 +128,10 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
     """Training plus validation of one config (a TrainConfig or anything with its fields) on the CPU."""
     steps = cfg.steps if steps is None else steps
     per_step = cfg.meta_batch * cfg.way * (cfg.shot + cfg.query)
-    measured = train_rate(cfg.meta_batch)
+    fce = bool(getattr(cfg, "fce", False))
+    measured = train_rate(cfg.meta_batch, fce)
+    source = FAST_RECORD.name + (", row recipe+fce" if fce else ", row recipe") if fast_rate(fce) else \
+        record_path("train").name
     test = eval_rate()
     if measured is None or test is None:
         return None
@@ -120,9 +139,9 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
     checks = max(1, steps // cfg.val_every) if validations is None else validations
     val_images = checks * cfg.val_episodes * sum(w * (s + cfg.val_query) for w, s in cfg.val_tasks)
     seconds = steps * per_step / rate + val_images / test
-    how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({record_path('train').name}, {at} "
+    how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({source}, {at} "
            f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({record_path('eval').name})")
-    if getattr(cfg, "fce", False):
+    if fce and not fast_rate(fce):
         how += "; FCE's LSTMs not included (not measured on a CPU): a lower bound"
     if getattr(cfg, "dataset", "omniglot") != "omniglot":
         how += f"; measured at 28x28, so far too low for {cfg.dataset} images"

@@ -224,7 +224,8 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
         if "compared" in todo:
             say(f"old vs new: scoring {assets} and {cfg.run_dir / 'best'} on the same episodes; {progress.line()}")
             started = time.perf_counter()
-            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes)
+            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes,
+                                     new_test=evaluated_test(cfg.run_dir / "results.json", episodes))
             write_text(cfg.run_dir / "comparison.json", json.dumps(record, indent=2) + "\n")
             job.done.append("compared")
             state.record(job, compare_seconds=round(time.perf_counter() - started, 1), shipped=record["shipped"],
@@ -352,6 +353,18 @@ class State:
         self.data.setdefault(job.name, {}).update(sha=job.sha, done=job.done, **extra)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def evaluated_test(path: Path, episodes: int) -> dict | None:
+    """The evaluated phase's test scores (results.json: evaluate_table, seed 0) when they are of `episodes`
+    episodes: the comparison reuses them instead of scoring the new model's test episodes twice."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if result.get("episodes") != episodes or result.get("seed") != 0:
+        return None
+    return {k: {"mean": v["mean"], "ci95": v["ci95"]} for k, v in result.get("accuracy", {}).items()}
 
 
 def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable[..., dict],

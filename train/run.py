@@ -490,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         seed = getattr(args, "seed", None)  # eval, train --eval, table: torch's generators take 64-bit seeds
         if isinstance(seed, int) and not 0 <= seed <= 2 ** 63 - 1:
             raise ValueError(f"--seed must be between 0 and 2**63-1, got {seed}")
+        if args.command != "publish":  # every command that computes: one inter-op thread (matchnet/cpu.py)
+            from matchnet.cpu import configure_threads
+
+            configure_threads()
         args.func(args)
     except KeyboardInterrupt as e:  # Ctrl-C (a second one, during training) or SIGTERM: one line, no traceback
         how = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
