@@ -137,7 +137,8 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
         return None
     rate, at = measured
     checks = max(1, steps // cfg.val_every) if validations is None else validations
-    val_images = checks * cfg.val_episodes * sum(w * (s + cfg.val_query) for w, s in cfg.val_tasks)
+    val_query = 1 if getattr(cfg, "val_protocol", "standard") == "within-alphabet" else cfg.val_query  # Lake's
+    val_images = checks * cfg.val_episodes * sum(w * (s + val_query) for w, s in cfg.val_tasks)
     seconds = steps * per_step / rate + val_images / test
     how = (f"{steps:,} steps x {per_step:,} images / {rate:,.0f} images/s ({source}, {at} "
            f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({record_path('eval').name})")
