@@ -333,7 +333,13 @@ def check_command(root: Path, command: str) -> str | None:
             return f"{command!r}: {toml} does not exist"
     if "--only" in words:
         name = words[words.index("--only") + 1]
-        names = {TrainConfig.from_toml(p).name for p in (root / "train" / "configs").glob("*.toml")}
+        from matchnet.config import read_toml
+
+        # the configs `rebuild` builds (as make_jobs selects them), by name or file stem: the other tables'
+        # configs are not TrainConfigs
+        tomls = [p for p in (root / "train" / "configs").glob("*.toml")
+                 if p.name not in SKIP and not p.name.startswith(OTHER_TABLES)]
+        names = {read_toml(p).get("name", p.stem) for p in tomls} | {p.stem for p in tomls}
         if name not in names:
             return f"{command!r}: no config in train/configs/ is named {name}"
     if words[2] in ("train", "rebuild") and "--config" not in words and "--only" not in words:
