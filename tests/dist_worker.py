@@ -212,3 +212,28 @@ def separate_folders_run(rank: int, world: int, out_dir: Path) -> None:
     attempt(stop_after=1)  # both at step 2: agreed
     attempt()  # rank 0 at step 3, rank 1 at step 2
     (out_dir / f"outcome{rank}.json").write_text(__import__("json").dumps(outcome))
+
+
+# The tail of a child-process script that runs train/run.py's main, with SLOW_STEP set: that step's batch waits
+# {sleep} seconds, so that a test can signal the run at a known point. Used by tests that kill real CLI runs;
+# the script is str.format()ted with run= (train/run.py's path).
+SLOW_STEP_RUN_CLI = """slow_step = int(os.environ.get("SLOW_STEP", "0"))
+plain = T.matching_task
+def matching_task(*a, **k):
+    task = plain(*a, **k)
+    batch, calls = task.batch, [0]
+    def slow_batch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == slow_step:
+            print("STEP", flush=True)
+            time.sleep({sleep})
+        return batch(*args, **kwargs)
+    task.batch = slow_batch
+    return task
+T.matching_task = matching_task
+import importlib.util
+spec = importlib.util.spec_from_file_location("run_cli", {run!r})
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+sys.exit(run.main(sys.argv[1:]))
+"""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dist_worker import config, fixed_task, glyph_splits
+from dist_worker import SLOW_STEP_RUN_CLI, config, fixed_task, glyph_splits
 from matchnet import atomic
 from matchnet.checkpoint import CheckpointError, load_model, load_state
 from matchnet.config import ConfigError
@@ -218,27 +218,7 @@ def load_splits(*a, **k):
     return glyph_splits()
 T.load_splits = load_splits
 
-slow_step = int(os.environ.get("SLOW_STEP", "0"))
-plain = T.matching_task
-def matching_task(*a, **k):
-    task = plain(*a, **k)
-    batch, calls = task.batch, [0]
-    def slow_batch(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == slow_step:
-            print("STEP", flush=True)
-            time.sleep(120)
-        return batch(*args, **kwargs)
-    task.batch = slow_batch
-    return task
-T.matching_task = matching_task
-
-import importlib.util
-spec = importlib.util.spec_from_file_location("run_cli", {run!r})
-run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run)
-sys.exit(run.main(sys.argv[1:]))
-"""
+""" + SLOW_STEP_RUN_CLI.replace("{sleep}", "120")
 
 
 def child(args: list[str], **env: str) -> subprocess.Popen:

@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from matchnet.checkpoint import save_model  # noqa: E402
 from train import compare, rebuild  # noqa: E402
+from dist_worker import SLOW_STEP_RUN_CLI  # noqa: E402
 
 # train/run.py's main, with the synthetic glyphs (tests/dist_worker.py) for data and, with SLOW_STEP, one slow
 # step, so that the test can stop it mid-training at a known point.
@@ -26,26 +27,7 @@ sys.path[:0] = [{root!r}, {tests!r}]
 import matchnet.data, matchnet.train as T
 from dist_worker import glyph_splits
 matchnet.data.load_splits = T.load_splits = lambda *a, **k: glyph_splits(40)
-slow_step = int(os.environ.get("SLOW_STEP", "0"))
-plain = T.matching_task
-def matching_task(*a, **k):
-    task = plain(*a, **k)
-    batch, calls = task.batch, [0]
-    def slow_batch(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == slow_step:
-            print("STEP", flush=True)
-            time.sleep(3)
-        return batch(*args, **kwargs)
-    task.batch = slow_batch
-    return task
-T.matching_task = matching_task
-import importlib.util
-spec = importlib.util.spec_from_file_location("run_cli", {run!r})
-run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run)
-sys.exit(run.main(sys.argv[1:]))
-"""
+""" + SLOW_STEP_RUN_CLI.replace("{sleep}", "3")
 
 TINY = """name = "tiny"
 dataset = "omniglot"
