@@ -224,6 +224,8 @@ def hardware(device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------- time to accuracy
+BEST_VAL_RULE = ("the best 20w1s (then 5w1s) on validation among the step counts tried, each sized to fit the "
+                 "10-minute budget from a fresh shell; only the chosen model is tested")
 def time_to_accuracy(args, device, splits, report: dict, save) -> None:
     q = args.quick
     runs = []
@@ -355,6 +357,10 @@ def main() -> None:
     p.add_argument("--fresh-only", type=int, default=0, metavar="STEPS",
                    help="only the fresh-shell run, at STEPS already chosen on validation (recorded in --out, "
                         "which must hold that time_to_accuracy): re-times it on a quiet machine")
+    p.add_argument("--runs-from", default="", metavar="JSON",
+                   help="with --fresh-only: the record holding the validation runs (default: --out)")
+    p.add_argument("--rule", choices=("shortest-at-target", "best-val"), default="shortest-at-target",
+                   help="with --fresh-only: best-val re-chooses the step count from those runs by validation alone")
     p.add_argument("--out", default="bench/train_speed.json")
     args = p.parse_args()
     if args.threads:
@@ -362,13 +368,21 @@ def main() -> None:
 
     device = resolve_device(args.device)
     if args.fresh_only:
-        report = json.loads(Path(args.out).read_text())
+        report = json.loads(Path(args.runs_from or args.out).read_text())
         tta = report["time_to_accuracy"]
+        if args.rule == "best-val":  # re-choose from the recorded validation runs; the test is looked at again
+            first = {k: tta.pop(k) for k in ("rule", "chosen_steps", "chosen_because", "test", "fresh_shell") if k in tta}
+            best = max(tta["runs"], key=lambda r: (r["val"]["20w1s"]["mean"], r["val"]["5w1s"]["mean"]))
+            tta.update(rule=BEST_VAL_RULE, chosen_steps=best["steps"], chosen_because="best 20w1s on validation",
+                       first_look={"record": args.runs_from or args.out, **first},
+                       second_look="the test set was looked at once before, under the first rule (first_look)")
         if tta["chosen_steps"] != args.fresh_only:
             raise SystemExit(f"--fresh-only {args.fresh_only}: {args.out} chose {tta['chosen_steps']} steps")
         args.test_episodes = tta["test_episodes"]
+        load = list(os.getloadavg())
         tta["fresh_shell"] = fresh_shell(args, device, args.fresh_only, report)
-        tta["fresh_shell"]["load_average_at_start"] = list(os.getloadavg())
+        tta["fresh_shell"]["load_average_at_start"] = load
+        tta.setdefault("test", tta["fresh_shell"]["test"])  # best-val: the fresh-shell eval is the one test
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         return
     start = time.perf_counter()
