@@ -124,13 +124,25 @@ def test_uploads_batch_and_bad_file(browser_page, tmp_path):
     assert not outside
 
 
-def test_renaming_after_a_random_episode_keeps_the_score(browser_page):
-    page, outside = browser_page
-    shot.set_number(page, "mn-n", 5)
-    wait_text(page, "#mn-slot", "class")
+def names_are(page: Page, value: str) -> None:
+    page.wait_for_function("(v) => document.querySelector('#mn-names textarea, #mn-names input').value === v",
+                           arg=value)
+
+
+def random_episode(page: Page, n: int) -> None:
+    """A fresh random N-way episode, waited for by what it changes (its status, no progress overlay, and the
+    names box reset to A, B, ...), so that each test starts from its own state, not an earlier test's."""
+    shot.set_number(page, "mn-n", n)
+    wait_idle(page, "body")
     page.click("#mn-random")
     wait_text(page, "#mn-status", "random episode")
-    wait_idle(page, "#mn-status")
+    wait_idle(page, "body")
+    names_are(page, ", ".join("ABCDEFGHIJ"[:n]))
+
+
+def test_renaming_after_a_random_episode_keeps_the_score(browser_page):
+    page, outside = browser_page
+    random_episode(page, 5)
     status = text(page, "#mn-status")
     truth = status.split("(the query is ")[1].split(")")[0]
     assert "1/1 correct" in status, status
@@ -148,6 +160,7 @@ def test_renaming_after_a_random_episode_keeps_the_score(browser_page):
 def test_html_class_names_are_shown_as_text(browser_page):
     page, outside = browser_page
     evil = ["<img src=x onerror=window.mnPwned=1>", "<script>window.mnPwned=2</script>", "C", "D", "E"]
+    random_episode(page, 5)  # its own episode: not the state an earlier test left
     box = page.locator("#mn-names textarea, #mn-names input").first
     box.fill(", ".join(evil))
     box.press("Enter")
