@@ -145,3 +145,11 @@ def test_a_rebuilt_asset_names_a_command_torch_and_hardware(record):
         return  # shipped before the rule: reported, not skipped (the lead's rebuild replaces them)
     assert rebuild.check_command(ROOT, training["command"]) is None
     assert training["torch"] and training["hardware"] and training["train_seconds"] and training["date"]
+
+
+def test_records_name_checkpoints_without_machine_paths_and_tell_near_ties_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert compare.shown(tmp_path / "assets" / "m") == "assets/m"  # inside the working folder: relative
+    assert compare.shown(Path("/elsewhere/assets/m")) == "assets/m"  # outside: its last two parts, never absolute
+    assert compare._pcts(96.48667, 96.49100) == ("96.487", "96.491")  # was printed "96.49 < 96.49"
+    assert compare._pcts(95.67, 96.08) == ("95.67", "96.08")

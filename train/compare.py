@@ -21,6 +21,22 @@ from matchnet.train import TrainConfig
 VAL_SEED = 12345  # matchnet.train.validate's episodes
 
 
+def shown(folder: Path) -> str:
+    """A checkpoint as records name it: relative to the working folder, not a machine's absolute path."""
+    try:
+        return str(Path(folder).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(folder.parent.name) / folder.name)
+
+
+def _pcts(n: float, o: float) -> tuple[str, str]:
+    """n and o with enough decimals to tell them apart (a tie at 2 decimals printed '96.49 < 96.49')."""
+    for digits in (2, 3, 4):
+        if f"{n:.{digits}f}" != f"{o:.{digits}f}":
+            break
+    return f"{n:.{digits}f}", f"{o:.{digits}f}"
+
+
 def _acc(a) -> dict:
     return {"mean": a.mean, "ci95": a.ci95}
 
@@ -63,7 +79,7 @@ def score(folder: Path, cfg: TrainConfig, splits: dict, dev: torch.device, episo
         else:
             test_images = 0
     images = val_images + test_images
-    return {"checkpoint": str(folder), "val": val, "test": test, "seconds": round(time.perf_counter() - t, 1),
+    return {"checkpoint": shown(folder), "val": val, "test": test, "seconds": round(time.perf_counter() - t, 1),
             "images": images}
 
 
@@ -85,17 +101,18 @@ def compare(name: str, cfg: TrainConfig, new: Path, old: Path, splits: dict, dev
               "selection_metric": first, "precision": "fp32, channels_last",
               "new": score(new, cfg, splits, dev, episodes, new_test)}
     if not (old / WEIGHTS).is_file():
-        record.update(old=None, shipped="new", reason=f"nothing was shipped at {old} before")
+        record.update(old=None, shipped="new", reason=f"nothing was shipped at {shown(old)} before")
         return record
     try:
         record["old"] = score(old, cfg, splits, dev, episodes)
     except Exception as e:  # an old checkpoint today's code cannot read cannot be the better one on record
-        record.update(old={"checkpoint": str(old), "error": str(e)}, shipped="new",
+        record.update(old={"checkpoint": shown(old), "error": str(e)}, shipped="new",
                       reason=f"the shipped checkpoint could not be scored: {e}")
         return record
     n, o = record["new"]["val"][first]["mean"], record["old"]["val"][first]["mean"]
+    ns, os_ = _pcts(n, o)
     if n >= o:
-        record.update(shipped="new", reason=f"new {first} {n:.2f}% >= old {o:.2f}%")
+        record.update(shipped="new", reason=f"new {first} {ns}% >= old {os_}%")
     else:
-        record.update(shipped="old", reason=f"new {first} {n:.2f}% < old {o:.2f}%: the old model stays")
+        record.update(shipped="old", reason=f"new {first} {ns}% < old {os_}%: the old model stays")
     return record
