@@ -53,7 +53,8 @@ from .rundir import RunLock, TrainingError, check_run_name, last_finite_loss, pr
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' if n != 1 else ''})"
 
 
 def set_deterministic(on: bool) -> None:
@@ -254,7 +255,10 @@ def _fit(task: Task, cfg: LoopConfig, run_dir: str | os.PathLike, *, resume: boo
                 "elapsed": time.perf_counter() - t0}
         _guard_write(last, lambda: save_state(last, tensors, info))
 
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", disable=not (cfg.progress and main))
+    # smoothing=0: the rate is this run's average, validations included; tqdm's default moving average put
+    # the ETA at hours for the steps after each validation
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.name, unit="step", smoothing=0,
+               disable=not (cfg.progress and main))
     model.train()
     with StopRequest() as stop:
         while step < end:

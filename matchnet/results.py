@@ -78,7 +78,7 @@ def write_results_md(root: Path) -> Path:
     comparisons = [json.loads(p.read_text()) for p in sorted((root / "assets").glob("*/comparison.json"))]
     if comparisons:
         episodes = sorted({c["episodes"] for c in comparisons})
-        parts += ["## Old vs new (the last `train/run.py rebuild`)", "",
+        parts += ["", "## Old vs new (the last `train/run.py rebuild`)", "",
                   f"Both models scored by the same code on the same episodes ({', '.join(map(str, episodes))} per "
                   "column; validation: every val task, seed 12345, the first one selects; test: seed 0), fp32. The new "
                   "model ships where its validation score is at least the old one's. From `assets/*/comparison.json`.",
