@@ -225,7 +225,10 @@ def hardware(device: torch.device) -> str:
 
 # ---------------------------------------------------------------- time to accuracy
 BEST_VAL_RULE = ("the best 20w1s (then 5w1s) on validation among the step counts tried, each sized to fit the "
-                 "10-minute budget from a fresh shell; only the chosen model is tested")
+                 "10-minute budget from a fresh shell; the chosen model is tested (a second look when first_look "
+                 "holds an earlier rule's test)")
+
+
 def time_to_accuracy(args, device, splits, report: dict, save) -> None:
     q = args.quick
     runs = []
