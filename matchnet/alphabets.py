@@ -236,20 +236,23 @@ class AlphabetEpisodeSampler:
 
 def training_sampler(split: FewShotSplit, way: int, shot: int, query: int, seed: int = 0,
                      within_alphabet: float = 0.0, same_drawer: bool = True, augment: bool = False,
-                     shuffle_support: bool = False):
+                     shuffle_support: bool = False, processed: FewShotSplit | None = None):
     """The sampler a training config asks for (what matchnet.train.build constructs): today's EpisodeSampler
-    when within_alphabet = 0 and augment = false (the same episode stream as before), else an
-    AlphabetEpisodeSampler, wrapped in matchnet.augment.AugmentedSampler when augment = true. All have
-    .sample(E) and one .generator to save for resume."""
-    from .augment import AugmentedSampler
+    when within_alphabet = 0, augment = false and no `processed` copy (the same episode stream as before), else
+    an AlphabetEpisodeSampler; with `processed` (the split through the demo's preprocessing) half its episodes
+    come from that copy (matchnet.augment.MixedPreprocessSampler); wrapped in AugmentedSampler when augment =
+    true. All have .sample(E) and one .generator to save for resume."""
+    from .augment import AugmentedSampler, MixedPreprocessSampler
     from .episodes import EpisodeSampler
 
-    if within_alphabet == 0.0 and not augment:
+    if within_alphabet == 0.0 and not augment and processed is None:
         if shuffle_support:
             return EpisodeSampler(split, way, shot, query, seed=seed, shuffle_support=True)
         return EpisodeSampler(split, way, shot, query, seed=seed)
     sampler = AlphabetEpisodeSampler(split, way, shot, query, seed=seed, within=within_alphabet,
                                      same_drawer=same_drawer, shuffle_support=shuffle_support)
+    if processed is not None:
+        sampler = MixedPreprocessSampler(sampler, processed)
     return AugmentedSampler(sampler) if augment else sampler
 
 

@@ -1,5 +1,5 @@
 """Training-time input changes: Koch et al. (2015)'s small affine distortions done on the device, and the demo's
-preprocessing applied to whole splits.
+preprocessing applied to whole splits, to every episode ("app") or to a random half of them ("mixed").
 
 AffineAugment follows Koch, Zemel & Salakhutdinov (2015, section 4.2): rotation in [-10, 10] degrees, shear in
 [-0.3, 0.3] along each axis, scale in [0.8, 1.2] along each axis, translation in [-2, 2] pixels of a 105-px
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.fewshot import FewShotSplit
-from .episodes import Episodes
+from .episodes import Episodes, gather, shuffle_support
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,33 @@ def with_app_preprocessing(splits: dict[str, FewShotSplit], normalise_stroke: bo
             done[key] = preprocess_split(split, normalise_stroke).images
         out[name] = replace(split, images=done[key])
     return out
+
+
+class MixedPreprocessSampler:
+    """An AlphabetEpisodeSampler whose episodes come, each with probability `p`, from a second copy of its
+    split put through the demo's preprocessing (with_app_preprocessing), else as drawn: the same indices look
+    up either copy, so one model learns both the clean pages and what the demo makes of a drawing. Same
+    interface (.sample(E) -> Episodes, .generator): every draw is from the wrapped sampler's generator."""
+
+    def __init__(self, sampler, processed: FewShotSplit, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p (the fraction of preprocessed episodes) must be in [0, 1], got {p}")
+        split = sampler.split
+        if processed.images.shape != split.images.shape or not torch.equal(processed.source, split.source) \
+                or not torch.equal(processed.rotation, split.rotation):
+            raise ValueError("the preprocessed split must be the same split (classes, drawings, rotations)")
+        self.sampler, self.processed, self.p = sampler, processed, p
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.sampler.generator
+
+    def sample(self, episodes: int = 1) -> Episodes:
+        inner = self.sampler
+        idx, _ = inner.indices(episodes)
+        drawn, done = gather(inner.split, idx, inner.shot), gather(self.processed, idx, inner.shot)
+        pick = (torch.rand(episodes, generator=inner.generator, device=inner.split.device) < self.p)
+        pick = pick.view(-1, 1, 1, 1, 1)
+        ep = replace(drawn, support=torch.where(pick, done.support, drawn.support),
+                     query=torch.where(pick, done.query, drawn.query))
+        return shuffle_support(ep, inner.generator) if inner.shuffle_support else ep

@@ -62,7 +62,8 @@ class TrainConfig(LoopConfig):
     within_alphabet: float = 0.0  # fraction of training episodes whose classes come from one alphabet (Omniglot)
     same_drawer: bool = True  # in those, each support/query slot drawn by one drawer for every class, as at test
     augment: bool = False  # Koch et al.'s small affine distortions, on the device (matchnet.augment)
-    preprocess: str = "none"  # none | app: train on images put through the demo's preprocessing
+    preprocess: str = "none"  # none | app | mixed: train on images put through the demo's preprocessing (mixed:
+    # half the training episodes, the other half as drawn; validation as drawn)
     steps: int = 20000
     # validation on the val classes: [way, shot] tasks; the first one selects the best model
     val_tasks: list = field(default_factory=lambda: [[20, 1]])
@@ -80,7 +81,7 @@ class TrainConfig(LoopConfig):
         """Checks that need no data (the rest: check_against_data, before step 1)."""
         super().check()
         choices = {"device": ("auto", "cuda", "cpu"), "train_on": ("train", "trainval"),
-                   "preprocess": ("none", "app"), "val_protocol": ("standard", "within-alphabet")}
+                   "preprocess": ("none", "app", "mixed"), "val_protocol": ("standard", "within-alphabet")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 extra = (" (training on the test classes would make every test number meaningless)"
@@ -181,8 +182,10 @@ def make_step(model: MatchingNetwork, opt: torch.optim.Optimizer, sampler: Episo
     return step
 
 
-def build(cfg: TrainConfig, train_split: FewShotSplit, device: torch.device, rank: int = 0):
-    """Model, optimizer and sampler as the config says (shared with the benchmark)."""
+def build(cfg: TrainConfig, train_split: FewShotSplit, device: torch.device, rank: int = 0,
+          processed: FewShotSplit | None = None):
+    """Model, optimizer and sampler as the config says (shared with the benchmark). `processed`: train_split
+    through the demo's preprocessing, for preprocess = "mixed"."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = cfg.model(train_split).to(device)
     if cfg.channels_last:
@@ -193,7 +196,8 @@ def build(cfg: TrainConfig, train_split: FewShotSplit, device: torch.device, ran
     # With within_alphabet = 0 and no augmentation this is the plain EpisodeSampler (the same stream as ever).
     sampler = training_sampler(train_split, cfg.way, cfg.shot, cfg.query, seed=rank_seed(cfg.seed, rank),
                                within_alphabet=cfg.within_alphabet, same_drawer=cfg.same_drawer,
-                               augment=cfg.augment, shuffle_support=cfg.shuffle_support and cfg.fce)
+                               augment=cfg.augment, shuffle_support=cfg.shuffle_support and cfg.fce,
+                               processed=processed)
     return model, opt, sampler
 
 
@@ -267,9 +271,14 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
         from .augment import with_app_preprocessing
 
         splits = with_app_preprocessing(splits)
+    processed = None
+    if cfg.preprocess == "mixed":  # a preprocessed copy of the training split beside the drawn one
+        from .augment import with_app_preprocessing
+
+        processed = with_app_preprocessing({"t": splits[cfg.train_on]})["t"].to(device)
     cfg.check_against_data(splits)
     train_split = splits[cfg.train_on].to(device)
     val_split = splits["val"].to(device)
-    model, _, sampler = build(cfg, train_split, device, dist.rank)
+    model, _, sampler = build(cfg, train_split, device, dist.rank, processed)
     task = matching_task(model, sampler, cfg, val_split)
     return fit(task, cfg, cfg.run_dir, resume=resume, stop_after=stop_after, started=t0)

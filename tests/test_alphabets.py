@@ -9,7 +9,7 @@ import torch
 
 from matchnet.alphabets import (AlphabetEpisodeSampler, alphabet_splits, class_groups, drawers_in_zip,
                                 eligible_alphabets, evaluate_within_alphabet, upright, within_alphabet_episodes)
-from matchnet.augment import AffineAugment, AugmentedSampler, with_app_preprocessing
+from matchnet.augment import AffineAugment, AugmentedSampler, MixedPreprocessSampler, with_app_preprocessing
 from matchnet.data.fewshot import FewShotSplit
 from matchnet.data.omniglot import Omniglot
 from matchnet.episodes import EpisodeSampler
@@ -314,6 +314,62 @@ def test_training_sampler_picks_the_plain_stream_unless_asked():
         assert len(set(by_label.tolist())) == 20
 
 
+def marked(split: FewShotSplit) -> FewShotSplit:
+    """The same split with pixel (5, 5) set: a stand-in for its preprocessed copy that the tests can see."""
+    images = split.images.clone()
+    images[..., 5, 5] = 255
+    return FewShotSplit(images, split.source, split.rotation, split.names)
+
+
+def test_mixed_preprocessing_takes_whole_episodes_from_either_copy():
+    split = coded_split()
+    mixed = MixedPreprocessSampler(AlphabetEpisodeSampler(split, 5, 1, 2, seed=4, within=0.5), marked(split))
+    assert mixed.generator is mixed.sampler.generator
+    state = mixed.generator.get_state()
+    ep = mixed.sample(400)
+    plain = AlphabetEpisodeSampler(split, 5, 1, 2, seed=4, within=0.5).sample(400)
+    # the same characters and drawers as the sampler it wraps: only the copy they are read from changes
+    for a, b in ((ep.support, plain.support), (ep.query, plain.query)):
+        assert all(torch.equal(x, y) for x, y in zip(decode(a), decode(b)))
+    mark_s, mark_q = ep.support[..., 0, 5, 5] > 0.5, ep.query[..., 0, 5, 5] > 0.5  # [E, N*k], [E, N*q]
+    processed = mark_s.all(1)
+    assert torch.equal(processed, mark_s.any(1)) and torch.equal(processed, mark_q.all(1))  # whole episodes
+    assert torch.equal(processed, mark_q.any(1))
+    assert 0.4 < processed.float().mean().item() < 0.6
+    again = MixedPreprocessSampler(AlphabetEpisodeSampler(split, 5, 1, 2, seed=9, within=0.5), marked(split))
+    again.generator.set_state(state)  # resume: one generator state gives the same stream
+    assert torch.equal(again.sample(400).support, ep.support)
+    none = MixedPreprocessSampler(AlphabetEpisodeSampler(split, 5, 1, 2, seed=4, within=0.5), marked(split), 0.0)
+    assert torch.equal(none.sample(400).support, plain.support)
+    with pytest.raises(ValueError, match="same split"):
+        MixedPreprocessSampler(AlphabetEpisodeSampler(split, 5, 1, 2), marked(coded_split(rotations=True)))
+
+
+def test_a_mixed_preprocessing_recipe_trains_through_the_engine(tmp_path):
+    """preprocess = "mixed": the demo's preprocessing of the training split (the real one) beside the drawn
+    images; the config says so, and validation stays on the drawn images."""
+    import json
+
+    from conftest import synthetic_glyphs
+    from matchnet.train import TrainConfig, train
+
+    images = synthetic_glyphs(20, 0)
+    names = [f"Alpha{i // 10}/character{i % 10 + 1:02d}" for i in range(20)]
+
+    def part(ids):
+        return FewShotSplit(images, torch.tensor(list(ids)), torch.zeros(len(ids), dtype=torch.long),
+                            [names[i] for i in ids])
+    splits = {"train": part(range(10)), "val": part(range(10, 20))}
+    cfg = TrainConfig(name="m", way=5, shot=1, query=2, meta_batch=2, steps=2, hidden=8, within_alphabet=0.5,
+                      preprocess="mixed", val_tasks=[[5, 1]], val_every=2, val_episodes=10, log_every=1,
+                      checkpoint_every=2, device="cpu", out_dir=str(tmp_path / "run"), progress=False)
+    assert train(cfg, splits=splits)["steps"] == 2
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["preprocess"] == "mixed"
+    with pytest.raises(ValueError, match="preprocess must be one of none, app, mixed"):
+        TrainConfig(**{**vars(cfg), "preprocess": "half"}).check()
+
+
 def test_a_within_alphabet_recipe_trains_and_validates_through_the_engine(tmp_path):
     """The config keys of train/configs/omniglot_lake_within.toml, end to end on synthetic glyphs: hard
     within-alphabet episodes, affine augmentation, FCE with shuffled support, within-alphabet validation."""
@@ -342,3 +398,30 @@ def test_a_within_alphabet_recipe_trains_and_validates_through_the_engine(tmp_pa
     with pytest.raises(ValueError, match="no validation alphabet has 20 characters"):
         train(TrainConfig(**{**vars(cfg), "val_tasks": [[20, 1]], "out_dir": str(tmp_path / "bad")}),
               splits=splits)
+
+
+def test_val_within_scores_candidates_paired_on_both_inputs(real_omniglot_root, tmp_path):
+    """train/val_within.py: the same checkpoint twice differs by exactly 0 on every column (same episodes), both
+    inputs are scored, and a bad --model is one line naming it."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "train"))
+    import val_within
+
+    from matchnet.checkpoint import save_model
+    from matchnet.model import MatchingNetwork
+
+    torch.manual_seed(0)
+    folder = save_model(MatchingNetwork(hidden=8), tmp_path / "ckpt")
+    out = tmp_path / "val.json"
+    val_within.main(["--data-root", str(real_omniglot_root), "--model", f"a={folder}", "--model", f"b={folder}",
+                     "--episodes", "20", "--out", str(out)])
+    record = json.loads(out.read_text())
+    keys = {f"within {w}w1s, {i}" for w in (20, 5) for i in ("as drawn", "demo preprocessing")}
+    assert set(record["results"]["a"]) == keys and record["reference"] == "a"
+    for entry in record["results"]["b"].values():
+        assert entry["minus_ref"] == 0.0 and 0.0 <= entry["mean"] <= 100.0
+    assert "minus_ref" not in record["results"]["a"]["within 20w1s, as drawn"]
+    with pytest.raises(SystemExit, match="NAME=FOLDER"):
+        val_within.main(["--data-root", str(real_omniglot_root), "--model", str(tmp_path / "nowhere")])
