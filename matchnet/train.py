@@ -20,7 +20,6 @@ from .data.fewshot import FewShotSplit
 from .distributed import current_dist, rank_seed, resolve_device
 from .engine import FunctionTask, Shard, TrainingError, fit, learning_rate, run_validation, set_deterministic
 from .alphabets import training_sampler
-from .augment import with_app_preprocessing
 from .episodes import EpisodeSampler
 from .evaluate import evaluate, model_predictor
 from .model import MatchingNetwork
@@ -269,9 +268,13 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
     if splits is None:
         splits = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download, **cfg.data_options)
     if cfg.preprocess == "app":  # every image through the demo's drawing preprocessing (~100 s of CPU)
+        from .augment import with_app_preprocessing
+
         splits = with_app_preprocessing(splits)
     processed = None
     if cfg.preprocess == "mixed":  # a preprocessed copy of the training split beside the drawn one
+        from .augment import with_app_preprocessing
+
         processed = with_app_preprocessing({"t": splits[cfg.train_on]})["t"].to(device)
     cfg.check_against_data(splits)
     train_split = splits[cfg.train_on].to(device)
