@@ -207,7 +207,10 @@ def test_a_run_record_without_its_config_is_not_replaced(tmp_path):
 # -- 3. one run owns its folder (two real processes) ----------------------------------------------------------
 
 CHILD = """
-import os, sys, time
+import os, signal, sys, time
+# Ctrl-C as a terminal delivers it: a suite started in the background (nohup, `&`) hands its children SIGINT
+# ignored, and a process that starts with SIGINT ignored rightly keeps it so
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path[:0] = [{root!r}, {tests!r}]
 import matchnet.train as T
 from dist_worker import glyph_splits
