@@ -23,7 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Matching Networks demo (gradio)")
     parser.add_argument("--checkpoint", default=None,
                         help="a checkpoint folder, shipped name or Hub repo id (default: the two shipped Omniglot "
-                             "checkpoints). 1x28x28 models get drawing pads; others (RGB) upload slots")
+                             "checkpoints). Omniglot-style models (one channel, e.g. 1x28x28) get drawing pads; others (RGB) "
+                             "upload slots")
     parser.add_argument("--resize", choices=["crop", "stretch"], default=None,
                         help="photos (RGB checkpoints): centre square or whole image squashed (default: as the "
                              "checkpoint's run was trained, from its train_config.json; else crop)")

@@ -46,13 +46,14 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def read_pad(value: dict | np.ndarray | None) -> np.ndarray | None:
-    """The character drawn in a Sketchpad as a model input, or None when the canvas is empty or blank."""
+def read_pad(value: dict | np.ndarray | None, size: int = inf.IMAGE_SIZE) -> np.ndarray | None:
+    """The character drawn in a Sketchpad as a model input (size px square, the model's side), or None when the
+    canvas is empty or blank."""
     image = value.get("composite") if isinstance(value, dict) else value
     if image is None:
         return None
     try:
-        return inf.preprocess(image)
+        return inf.preprocess(image, size=size)
     except inf.InputError:
         return None
 
@@ -120,6 +121,7 @@ class Handlers:
             self.served = Served(models) if models else load(checkpoint, resize)
         self.models = self.served.models
         self.drawing = self.served.drawing
+        self.side = self.served.shape[1]  # drawings are preprocessed to the model's own side
         self.examples = inf.list_examples(examples) if self.drawing else {}
         self.seed = seed  # fixes every page's random episodes (tests, screenshots); None: each page its own
 
@@ -201,7 +203,7 @@ class Handlers:
 
     @guarded
     def on_support_drawn(self, value: dict | None, current: float | None, s: Session) -> dict:
-        x = read_pad(value)
+        x = read_pad(value, self.side)
         if x is None:  # a cleared pad (Next, a new slot, the pad's own bin) leaves the slot as it is
             return {self.status: gr.skip()}  # nothing to update
         order = s.order()
@@ -213,7 +215,7 @@ class Handlers:
 
     @guarded
     def on_query_drawn(self, value: dict | None, s: Session) -> dict:
-        x = read_pad(value)
+        x = read_pad(value, self.side)
         if x is None and s.drawn is None:  # a blank pad cleared again: keep the status line as it is
             return {self.status: gr.skip()}
         s.drawn = None if x is None else Query(x, "drawn query")
@@ -226,7 +228,7 @@ class Handlers:
     @guarded
     def on_classify(self, value: dict | None, s: Session) -> dict:
         s.support()  # first what is missing in the support set: after Clear, that is the useful message
-        x = read_pad(value)  # the pad as it is now, even if its change event is still queued
+        x = read_pad(value, self.side)  # the pad as it is now, even if its change event is still queued
         if x is None and not s.uploads:
             raise inf.InputError(self.no_query_message())
         if x is not None and (s.drawn is None or not np.array_equal(x, s.drawn.x)):
@@ -331,9 +333,9 @@ class Handlers:
         s.n_way, s.k_shot, s.current, s.shown, s.building = n, k, (0, 0), 0, False
         s.names = DEFAULT_NAMES[:n]  # short names keep the captions readable; the status line names the source
         s.chars = chars
-        s.slots = {(c, j): inf.preprocess(p) for c, paths in enumerate(support) for j, p in enumerate(paths)}
+        s.slots = {(c, j): self.served.prepare(p) for c, paths in enumerate(support) for j, p in enumerate(paths)}
         s.drawn = None
-        s.uploads = [Query(inf.preprocess(p), "random") for _, p in queries]
+        s.uploads = [Query(self.served.prepare(p), "random") for _, p in queries]
         s.truth = [c for c, _ in queries]
         view = {**self.support_view(s), self.n_way: n, self.k_shot: k}
         if not queries:

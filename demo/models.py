@@ -1,8 +1,9 @@
 """Which checkpoints the demo serves, and what kind of input they take.
 
 Default: the two shipped Omniglot checkpoints (with and without FCE), so the page can compare them. With
-`--checkpoint PATH_OR_HUB_ID`: that one model. A 1x28x28 model is served as Omniglot-style (drawing pads,
-stroke preprocessing); any other (RGB 3x84x84, ...) gets upload slots and photo preprocessing.
+`--checkpoint PATH_OR_HUB_ID`: that one model. A one-channel model with no input normalisation (1x28x28, or
+an Omniglot model trained at another size) is served as Omniglot-style (drawing pads, stroke preprocessing to its
+side); any other (RGB 3x84x84, ...) gets upload slots and photo preprocessing.
 """
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def build(app: Handlers) -> gr.Blocks:
                layers=False, transforms=(), height=330, elem_classes=["mn-pad"])
     thumbs = dict(height="auto", allow_preview=False, object_fit="contain", format="png", fit_columns=False,
                   elem_classes=["mn-thumbs"] if drawing else [])
-    what = "28×28" if drawing else f"{h}×{w}"
+    what = f"{h}×{w}"
     with gr.Blocks(title="Matching Networks demo") as demo:
         session = gr.State(Session())
         gr.Markdown(INTRO_DRAWING if drawing else INTRO_PHOTOS.format(shape=f"{c}×{h}×{w}", side=h))

@@ -25,7 +25,7 @@ DEFAULT_NAMES = list(string.ascii_uppercase[:MAX_WAY])
 
 @dataclass
 class Query:
-    x: np.ndarray  # model input: a drawing [28, 28] (ink = 1) or a photo [C, H, W]
+    x: np.ndarray  # model input: a drawing [H, W] (ink = 1; 28 px for the shipped models) or a photo [C, H, W]
     name: str  # how the results label it
 
 

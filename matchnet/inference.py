@@ -1,14 +1,15 @@
 """Inference for the demo, without gradio: read any image, turn it into the input a checkpoint expects, and
 classify queries against a support set that is embedded once.
 
-Two kinds of checkpoint: Omniglot-style (1x28x28: drawings, see below) and any other (photos: e.g. RGB
-3x84x84; centre-cropped and resized as the image datasets are, no stroke processing). `prepare` picks the
+Two kinds of checkpoint: Omniglot-style (one channel, no input normalisation: drawings, see below; 1x28x28 for
+every shipped model) and any other (photos: e.g. RGB 3x84x84, with their training images' mean/std; centre-cropped
+and resized as the image datasets are, no stroke processing). `prepare` picks the
 right one for a model; `input_shape` says what a model takes. The rules for what a user hands in (class
 names, all-or-none reading of files) are matchnet.inputs, shared with the predict API (matchnet.predict).
 
 Preprocessing rebuilds what a drawing would look like as an Omniglot page (105x105, the character at
 Omniglot's median size and position, strokes at Omniglot's median width) and then shrinks it exactly as
-training did (PIL LANCZOS to 28x28, ink = 1). The constants below were measured on 800 Omniglot drawings
+training did (PIL LANCZOS to the model's side, 28x28 by default, ink = 1). The constants below were measured on 800 Omniglot drawings
 (python tests/test_preprocess.py --stats); docs/APP.md gives the accuracy this buys on distorted inputs.
 """
 from __future__ import annotations
@@ -182,12 +183,12 @@ def paper_level(gray: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------- preprocessing
 
-def preprocess(source: ImageSource, normalise_stroke: bool = True) -> np.ndarray:
-    """Any image of one character -> float32 [28, 28], ink = 1, like the training images."""
-    return preprocess_ink(ink_map(open_image(source)), normalise_stroke)
+def preprocess(source: ImageSource, normalise_stroke: bool = True, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Any image of one character -> float32 [size, size], ink = 1, like the training images."""
+    return preprocess_ink(ink_map(open_image(source)), normalise_stroke, size)
 
 
-def preprocess_ink(ink: np.ndarray, normalise_stroke: bool = True) -> np.ndarray:
+def preprocess_ink(ink: np.ndarray, normalise_stroke: bool = True, size: int = IMAGE_SIZE) -> np.ndarray:
     mask = ink >= INK_LEVEL
     if mask.sum() < 2:
         raise InputError("blank image: draw or upload a character")
@@ -196,7 +197,7 @@ def preprocess_ink(ink: np.ndarray, normalise_stroke: bool = True) -> np.ndarray
     page = place_on_page(crop)
     if normalise_stroke:
         page = redraw_strokes(page)
-    return shrink_page(page)
+    return shrink_page(page, size)
 
 
 def place_on_page(crop: np.ndarray) -> np.ndarray:
@@ -260,38 +261,39 @@ def redraw_strokes(mask: np.ndarray, radius: float | None = None) -> np.ndarray:
     return out
 
 
-def shrink_page(page: np.ndarray) -> np.ndarray:
-    """The training pipeline (matchnet.data.omniglot._to_array): black-on-white page, LANCZOS to 28, invert."""
+def shrink_page(page: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The training pipeline (matchnet.data.omniglot._to_array): black-on-white page, LANCZOS to size, invert."""
     img = Image.fromarray(np.where(page, 0, 255).astype(np.uint8), mode="L")
-    small = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    small = img.resize((size, size), Image.LANCZOS)
     return (255.0 - np.asarray(small, dtype=np.float32)) / 255.0
 
 
 def preprocess_split(split: FewShotSplit, normalise_stroke: bool = True) -> FewShotSplit:
     """Every image of a split (uint8, ink = 255) through the app's preprocessing, as if each had been drawn
-    or uploaded: how other character sets (MNIST) look to the demo. Images with no ink are kept as they are."""
+    or uploaded: how other character sets (MNIST) look to the demo. Images with no ink are kept as they are.
+    The images keep their size (a model trained at 56 px is served drawings at 56 px)."""
     images = split.images.cpu().numpy()
     out = np.empty_like(images)
     flat, flat_out = images.reshape(-1, *images.shape[-2:]), out.reshape(-1, *images.shape[-2:])
     for i in tqdm(range(len(flat)), desc="app preprocessing", mininterval=2.0, leave=False):
         try:
-            x = preprocess_ink(flat[i].astype(np.float32) / 255.0, normalise_stroke)
+            x = preprocess_ink(flat[i].astype(np.float32) / 255.0, normalise_stroke, flat.shape[-1])
         except InputError:
             x = flat[i].astype(np.float32) / 255.0
         flat_out[i] = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
     return replace(split, images=torch.from_numpy(out).to(split.images.device))
 
 
-def clean_omniglot(source: ImageSource) -> np.ndarray:
-    """An Omniglot PNG exactly as training saw it (for comparisons): LANCZOS 105 -> 28, ink = 1."""
+def clean_omniglot(source: ImageSource, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An Omniglot PNG exactly as training saw it (for comparisons): LANCZOS 105 -> size, ink = 1."""
     img = open_image(source)
     gray = np.asarray(img.convert("L") if img.mode != "F" else img, dtype=np.float32)
-    small = Image.fromarray(gray.astype(np.uint8), mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    small = Image.fromarray(gray.astype(np.uint8), mode="L").resize((size, size), Image.LANCZOS)
     return (255.0 - np.asarray(small, dtype=np.float32)) / 255.0
 
 
 def to_display(x: np.ndarray, scale: int = 3) -> np.ndarray:
-    """A model input as a uint8 thumbnail: a drawing [28, 28] (ink = 1) dark on white, pixel-exact (nearest
+    """A model input as a uint8 thumbnail: a drawing [H, W] (ink = 1) dark on white, pixel-exact (nearest
     upscale); a photo [C, H, W] in [0, 1] as it is (HxWx3, or HxW for one channel)."""
     if x.ndim == 3:
         img = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
@@ -310,8 +312,11 @@ def input_shape(model: MatchingNetwork) -> tuple[int, int, int]:
 
 
 def is_drawing_model(model: MatchingNetwork) -> bool:
-    """Omniglot-style: one channel, 28 px. These get the drawing preprocessing; any other model gets photos."""
-    return input_shape(model) == (1, IMAGE_SIZE, IMAGE_SIZE)
+    """Omniglot-style: one channel and no input normalisation, at any size (the shipped ones: 28 px; `data_options
+    = {image_size = 56}` trains one at 56). These get the drawing preprocessing at their own size; any other
+    model gets photos: every natural-image split carries its training classes' mean/std into the model config."""
+    config = getattr(model, "config", {})
+    return input_shape(model)[0] == 1 and "mean" not in config
 
 
 def describe_shape(shape: tuple[int, ...]) -> str:
@@ -343,11 +348,11 @@ def preprocess_photo(source: ImageSource, size: int = 84, channels: int = 3, res
 
 
 def prepare(source: ImageSource, model: MatchingNetwork, resize: str = "crop") -> np.ndarray:
-    """Any image as the input this model takes: a drawing [28, 28], or a photo [C, H, W] (resize: see
-    preprocess_photo)."""
-    if is_drawing_model(model):
-        return preprocess(source)
+    """Any image as the input this model takes: a drawing [H, W] at the model's side, or a photo [C, H, W]
+    (resize: see preprocess_photo)."""
     channels, size, _ = input_shape(model)
+    if is_drawing_model(model):
+        return preprocess(source, size=size)
     return preprocess_photo(source, size, channels, resize)
 
 

@@ -4,9 +4,10 @@
     p = matchnet.predict("omniglot-vinyals", "my_support/", ["q1.png", "q2.png"])  # my_support/<class>/*.png
     p.labels, p.probabilities, p.attention                                      # [Q], [Q, N], [Q, S]
 
-Images go through the checkpoint's own preprocessing (matchnet.inference.prepare): a 1x28x28 model gets the
-demo's drawing preprocessing (any polarity, size or stroke width, as an Omniglot page); any other model gets
-photos made square as its training data was (train_config.json's data option `resize`: "crop" or "stretch").
+Images go through the checkpoint's own preprocessing (matchnet.inference.prepare): an Omniglot-style model (one
+channel, e.g. 1x28x28) gets the demo's drawing preprocessing at its own side (any polarity, size or stroke width,
+as an Omniglot page); any other model gets photos made square as its training data was (train_config.json's data
+option `resize`: "crop" or "stretch").
 The input rules, and the errors (one InputError, a ValueError, naming the file and what is wrong), are the
 demo's (matchnet.inputs), without its web-page limits.
 """
@@ -125,7 +126,7 @@ class Predictor:
     name is the class), or a mapping {class name: an image, images or a folder of images}. Images are paths,
     PIL images or arrays (HxW, HxWx3, HxWx4; uint8, or floats in [0, 1]). resize: how a photo model makes
     images square, "crop" or "stretch"; default: what the checkpoint's run recorded (train_config.json), else
-    "crop"; drawing models (1x28x28) ignore it. device: where to run (default: the model's own, "cpu" for a
+    "crop"; drawing models (one channel, e.g. 1x28x28) ignore it. device: where to run (default: the model's own, "cpu" for a
     named checkpoint). A model passed in is put in eval mode (BatchNorm then uses its trained statistics).
     """
 

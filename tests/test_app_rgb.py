@@ -171,3 +171,25 @@ def test_a_bad_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("app.py: cannot serve") and "missing" in err and "Traceback" not in err
+
+
+def test_an_omniglot_checkpoint_at_56_px_gets_pads_and_drawings_at_its_side(tmp_path):
+    """An Omniglot model trained at another size (`data_options = {image_size = 56}`) is still a drawing model:
+    pads, stroke preprocessing to 56 px (not photo preprocessing, which would hand it paper as ink)."""
+    from matchnet.checkpoint import save_model
+    from matchnet.model import MatchingNetwork
+
+    torch.manual_seed(0)
+    save_model(MatchingNetwork(image_size=56, hidden=16), tmp_path / "m56")
+    ui = demo.App(checkpoint=str(tmp_path / "m56"))
+    page = demo.page.build(ui)
+    assert ui.drawing and [c["type"] for c in components(page)].count("imageeditor") == 2
+    s = Session()
+    ui.on_random(3, 1, s)
+    assert {x.shape for x in s.slots.values()} == {(56, 56)} and s.uploads[0].x.shape == (56, 56)
+    canvas = np.full((256, 256), 255, np.uint8)
+    canvas[60:200, 120:134] = 0  # one dark stroke on white: ink is the stroke, whatever the size
+    x = demo.handlers.read_pad({"composite": canvas}, ui.side)
+    assert x.shape == (56, 56) and x[14:42, 26:30].mean() > 0.5 and x[:, :10].max() == 0
+    out = ui.on_classify({"composite": canvas}, s)
+    assert "Prediction: **" in out[ui.prediction]

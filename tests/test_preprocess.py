@@ -72,6 +72,39 @@ def test_output_is_28x28_ink_one(examples):
     assert 0.04 < (x > 0.5).mean() < 0.35, "a character, not a blank or a full page"
 
 
+def test_a_drawing_model_at_another_size_gets_drawings_at_its_side(examples):
+    """An Omniglot model trained at 56 px is a drawing model: the same page, shrunk to 56 as training did; a
+    one-channel model carrying its training images' mean/std (grey photos) gets photo preprocessing."""
+    from matchnet.data.omniglot import _to_array
+    from matchnet.model import MatchingNetwork
+
+    path = character(examples)
+    np.testing.assert_allclose(inf.clean_omniglot(path, 56), _to_array(path.read_bytes(), 56) / 255, atol=1e-6)
+    big = MatchingNetwork(image_size=56, hidden=8)
+    assert inf.is_drawing_model(big) and inf.input_shape(big) == (1, 56, 56)
+    x56 = inf.prepare(path, big)
+    np.testing.assert_array_equal(x56, inf.preprocess(path, size=56))
+    # the same drawing as the 28-px pipeline makes it, at twice the resolution
+    down = np.asarray(Image.fromarray(x56.astype(np.float32), mode="F").resize((28, 28), Image.BOX))
+    assert x56.shape == (56, 56) and np.abs(down - inf.preprocess(path)).mean() < 0.03
+    grey = MatchingNetwork(image_size=28, hidden=8, mean=[0.5], std=[0.25])
+    assert not inf.is_drawing_model(grey) and inf.prepare(path, grey).shape == (1, 28, 28)
+
+
+def test_a_split_through_the_preprocessing_keeps_its_size(examples):
+    from matchnet.data.fewshot import FewShotSplit
+    from matchnet.data.omniglot import _to_array
+
+    paths = [examples[c][j] for c in sorted(examples)[:2] for j in range(2)]
+    images = torch.from_numpy(np.stack([_to_array(p.read_bytes(), 56) for p in paths]).reshape(2, 2, 56, 56))
+    split = FewShotSplit(images, torch.arange(2), torch.zeros(2, dtype=torch.long), ["a", "b"])
+    out = inf.preprocess_split(split).images
+    assert out.shape == (2, 2, 56, 56) and out.dtype == torch.uint8
+    expected = inf.preprocess_ink(images[1, 0].numpy() / 255.0, True, 56)
+    assert expected.shape == (56, 56)
+    np.testing.assert_array_equal(out[1, 0].numpy(), np.clip(np.rint(expected * 255), 0, 255).astype(np.uint8))
+
+
 @pytest.mark.parametrize("kind", ["rgba", "la", "inverted", "i16", "rgb-jpeg", "palette", "float"])
 def test_formats_give_the_same_input(examples, kind):
     """Transparent, 16-bit, inverted, JPEG, palette and float images of the same drawing agree."""
