@@ -8,7 +8,7 @@ The validation set is the one omniglot_lake_within.toml chooses on: the 5 images
 its training (split "lake-alphabets"), upright. Each column is within-alphabet 1-shot (one alphabet, support by
 one drawer and queries by another, one query per class) on the same 1,000 episodes for every model (seed 12345,
 as in training's validation); the same episodes again with every image put through the demo's preprocessing
-(what a visitor's drawing becomes). Training validates as drawn only; this adds the column the demo lives on, so
+(what a visitor's drawing becomes). A model trained at another side (56 px) sees the same episodes at its own side. Training validates as drawn only; this adds the column the demo lives on, so
 that a recipe trained for the demo is chosen on validation, not on test. The first model is the reference: every
 other row has its paired difference on the same episodes, with a 95% interval. Models run in fp32.
 """
@@ -53,12 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     from matchnet.inference import preprocess_split
 
     t0 = time.perf_counter()
-    val = upright(load_splits("omniglot", "lake-alphabets", args.data_root)["val"])
-    inputs = {"as drawn": val, "demo preprocessing": preprocess_split(val)}
+    by_size: dict[int, dict] = {}  # the validation images at each model's side (28 px, or 56 for a 56-px model)
     scores: dict = {}
     for name, folder in models:
         model = load_model(folder, torch.device("cpu"))
         model.use_channels_last()
+        size = int(model.config["image_size"])
+        if size not in by_size:
+            val = upright(load_splits("omniglot", "lake-alphabets", args.data_root, image_size=size)["val"])
+            by_size[size] = {"as drawn": val, "demo preprocessing": preprocess_split(val)}
+        inputs = by_size[size]
+        # the episodes pick classes and drawers by index: the same episodes at every side, so still paired
+        assert all(v["as drawn"].names == inputs["as drawn"].names for v in by_size.values())
         for input_name, split in inputs.items():
             for way, column in COLUMNS:
                 batches = within_alphabet_episodes(split, way, 1, 1, args.episodes, SEED, 50)
