@@ -153,3 +153,37 @@ def test_records_name_checkpoints_without_machine_paths_and_tell_near_ties_apart
     assert compare.shown(Path("/elsewhere/assets/m")) == "assets/m"  # outside: its last two parts, never absolute
     assert compare._pcts(96.48667, 96.49100) == ("96.487", "96.491")  # was printed "96.49 < 96.49"
     assert compare._pcts(95.67, 96.08) == ("95.67", "96.08")
+
+
+def test_a_config_s_data_options_reach_every_phase_and_an_old_model_at_another_side_is_scored(tmp_path,
+                                                                                           monkeypatch):
+    """A config with data_options = {image_size = 56} trains, evaluates and compares on 56-px images (the loader's
+    default, 28, used to be read whatever the config said); the shipped model, at 28, is scored on 28-px images of
+    the same episodes instead of failing as "could not be scored"."""
+    calls = []
+
+    def fake_load(dataset, split, root, download=False, **options):
+        calls.append(options)
+        return {"images": options.get("image_size", 28)}
+
+    monkeypatch.setattr(rebuild, "load_splits", fake_load)
+    toml = tmp_path / "c.toml"
+    toml.write_text(TINY + "[data_options]\nimage_size = 56\n")
+    cfg = rebuild.TrainConfig.from_toml(toml)
+    cache = rebuild.SplitCache()
+    assert cache(cfg) == {"images": 56} and cache(cfg) is cache(cfg) and calls == [{"image_size": 56}]
+    assert cache(cfg, 28) == {"images": 28} and calls[-1] == {"image_size": 28}
+
+    from dist_worker import glyph_splits
+
+    small = glyph_splits(40)
+    big = {k: type(v)(torch.nn.functional.interpolate(v.images.float(), scale_factor=2).to(torch.uint8), v.source,
+                      v.rotation, v.names) for k, v in small.items()}
+    torch.manual_seed(0)
+    new = save_model(rebuild.TrainConfig.from_toml(toml).model(big["train"]), tmp_path / "new")
+    old = save_model(blank(cfg), tmp_path / "old")
+    assert rebuild.shipped_side(old) == 28 and rebuild.shipped_side(tmp_path / "nothing") is None
+    record = compare.compare("tiny", cfg, new, old, big, torch.device("cpu"), 10, old_splits=small)
+    assert "error" not in record["old"] and set(record["old"]["val"]) == {"val_5w1s", "val_20w1s"}
+    broken = compare.compare("tiny", cfg, new, old, big, torch.device("cpu"), 10)  # no splits at its side
+    assert "could not be scored" in broken["reason"]

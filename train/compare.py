@@ -92,9 +92,10 @@ def work_images(cfg: TrainConfig, episodes: int, test_classes: int | None = None
 
 
 def compare(name: str, cfg: TrainConfig, new: Path, old: Path, splits: dict, dev: torch.device,
-            episodes: int, new_test: dict | None = None) -> dict:
+            episodes: int, new_test: dict | None = None, old_splits: dict | None = None) -> dict:
     """Both models scored, and the decision with its reason (runs/<name>/comparison.json's content).
-    new_test: the new model's test scores from the evaluated phase (same episodes), if at hand."""
+    new_test: the new model's test scores from the evaluated phase (same episodes), if at hand. old_splits: the
+    same splits at the old model's image side, when it differs (episodes pick by index: still the same ones)."""
     first = f"val_{cfg.val_tasks[0][0]}w{cfg.val_tasks[0][1]}s"
     record = {"model": name, "episodes": episodes, "val_seed": VAL_SEED, "test_seed": 0,
               "val_protocol": cfg.val_protocol, "val_query": cfg.val_query, "test_query": TEST_QUERY,
@@ -104,7 +105,7 @@ def compare(name: str, cfg: TrainConfig, new: Path, old: Path, splits: dict, dev
         record.update(old=None, shipped="new", reason=f"nothing was shipped at {shown(old)} before")
         return record
     try:
-        record["old"] = score(old, cfg, splits, dev, episodes)
+        record["old"] = score(old, cfg, old_splits or splits, dev, episodes)
     except Exception as e:  # an old checkpoint today's code cannot read cannot be the better one on record
         record.update(old={"checkpoint": shown(old), "error": str(e)}, shipped="new",
                       reason=f"the shipped checkpoint could not be scored: {e}")

@@ -184,13 +184,7 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
         hub.check_hub_access()  # before hours of training, not after
     print(f"progress is saved in {state.path}; interrupt at will and rerun the same command to resume", flush=True)
     progress = Progress(jobs, dev, episodes, root)
-    splits_cache: dict[tuple, dict] = {}
-
-    def splits_of(cfg: TrainConfig) -> dict:
-        key = (cfg.dataset, cfg.split, cfg.data_root)
-        if key not in splits_cache:
-            splits_cache[key] = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download)
-        return splits_cache[key]
+    splits_of = SplitCache()
 
     for i, job in enumerate(jobs, 1):
         cfg, assets = job.cfg, root / "assets" / job.name
@@ -225,8 +219,11 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
         if "compared" in todo:
             say(f"old vs new: scoring {assets} and {cfg.run_dir / 'best'} on the same episodes; {progress.line()}")
             started = time.perf_counter()
-            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes,
-                                     new_test=evaluated_test(cfg.run_dir / "results.json", episodes))
+            splits, old_side = splits_of(cfg), shipped_side(assets)
+            other = old_side is not None and old_side != splits["test"].images.shape[-1]
+            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits, dev, episodes,
+                                     new_test=evaluated_test(cfg.run_dir / "results.json", episodes),
+                                     old_splits=splits_of(cfg, old_side) if other else None)
             write_text(cfg.run_dir / "comparison.json", json.dumps(record, indent=2) + "\n")
             job.done.append("compared")
             state.record(job, compare_seconds=round(time.perf_counter() - started, 1), shipped=record["shipped"],
@@ -362,6 +359,32 @@ class State:
         write_text(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
+class SplitCache:
+    """Each dataset's splits loaded once per set of data options (a config's [data_options], e.g. image_size = 56:
+    training, evaluation and the comparison all read the images the config names, not the loader's defaults)."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[tuple, dict] = {}
+
+    def __call__(self, cfg: TrainConfig, image_size: int | None = None) -> dict:
+        options = dict(cfg.data_options or {})
+        if image_size is not None:
+            options["image_size"] = image_size
+        key = (cfg.dataset, cfg.split, cfg.data_root, json.dumps(options, sort_keys=True))
+        if key not in self.loaded:
+            self.loaded[key] = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download, **options)
+        return self.loaded[key]
+
+
+def shipped_side(assets: Path) -> int | None:
+    """The image side of the model shipped at assets/<name> (None: nothing readable there); compare scores it on
+    images at that side when the new model's config trains at another."""
+    try:
+        return int(json.loads((assets / CONFIG).read_text())["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def evaluated_test(path: Path, episodes: int) -> dict | None:
     """The evaluated phase's test scores (results.json: evaluate_table, seed 0) when they are of `episodes`
     episodes: the comparison reuses them instead of scoring the new model's test episodes twice."""
@@ -378,7 +401,8 @@ def write_records(job: Job, dev: torch.device, episodes: int, evaluate: Callable
                   hardware: Callable[[torch.device], str], measured: dict) -> dict:
     """runs/<name>/results.json and training.json, in the form the shipped assets have them; returns the results."""
     cfg, run_dir = job.cfg, job.cfg.run_dir
-    result = evaluate(run_dir / "best", cfg.dataset, cfg.split, cfg.data_root, dev.type, episodes, 0, None)
+    result = evaluate(run_dir / "best", cfg.dataset, cfg.split, cfg.data_root, dev.type, episodes, 0, None,
+                      data_options=cfg.data_options)
     result["checkpoint"] = f"assets/{job.name}"  # where it ships
     result["command"] = (f"python train/run.py eval --checkpoint assets/{job.name} --device {dev.type} "
                          f"--episodes {episodes} --seed 0")

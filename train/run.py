@@ -97,8 +97,7 @@ def evaluate_checkpoint(folder: Path, dataset: str, split: str, data_root: str, 
     if hasattr(model, "use_channels_last"):  # NHWC: the same fp32 arithmetic, ~2-5x the images/s on a CPU
         model.use_channels_last()
     options = dict(data_options or {})
-    if dataset != "omniglot":  # natural images: decode at the size the model was trained at
-        options["image_size"] = model.config["image_size"]
+    options["image_size"] = model.config["image_size"]  # decode at the side the model was trained at (28, 56, 84)
     splits = load_splits(dataset, split, data_root, **options)
     test = splits["test"]
     # Omniglot: the paper's Table 1 columns; natural images: its Table 2 columns (5-way 1- and 5-shot). A column
