@@ -314,7 +314,8 @@ def markdown(record: dict) -> str:
               "- Demo preprocessing: each image put through `matchnet.inference.preprocess_split` (the app's "
               "crop, recentre, stroke redraw and shrink) before the episode is built.",
               "- `omniglot-lake-within` is trained for this test: `train/configs/omniglot_lake_within.toml` "
-              "(half of its episodes within one alphabet with one drawer per slot, affine augmentation, FCE), chosen "
+              "(half of its episodes within one alphabet with one drawer per slot, affine augmentation, FCE, 56 x 56 "
+              "images: it is tested on 56-px images of the same episodes, every other model on 28-px ones), chosen "
               "on 5 alphabets held out of images_background (never on images_evaluation); what each ingredient gives: "
               "docs/results/within_ablation.md.",
               "",
