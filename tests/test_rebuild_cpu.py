@@ -187,3 +187,17 @@ def test_a_config_s_data_options_reach_every_phase_and_an_old_model_at_another_s
     assert "error" not in record["old"] and set(record["old"]["val"]) == {"val_5w1s", "val_20w1s"}
     broken = compare.compare("tiny", cfg, new, old, big, torch.device("cpu"), 10)  # no splits at its side
     assert "could not be scored" in broken["reason"]
+
+
+def test_a_plan_at_another_side_says_its_estimate_is_too_low(tmp_path):
+    """The CPU estimates are measured at 28 x 28: a 56-px config's plan says so instead of a confident figure."""
+    from train import costs
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(TINY)
+    plain = costs.train_cost(rebuild.TrainConfig.from_toml(toml))
+    toml.write_text(TINY + "[data_options]\nimage_size = 56\n")
+    big = costs.train_cost(rebuild.TrainConfig.from_toml(toml))
+    if plain is None:
+        pytest.fail("no CPU speed record to estimate from (docs/bench)")
+    assert "too low for 56x56" in big.how and "too low" not in plain.how

@@ -144,8 +144,11 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
            f"episode(s)/step) + {val_images:,} validation images / {test:,.0f} images/s ({record_path('eval').name})")
     if fce and not fast_rate(fce):
         how += "; FCE's LSTMs not included (not measured on a CPU): a lower bound"
+    side = (getattr(cfg, "data_options", None) or {}).get("image_size", 28)
     if getattr(cfg, "dataset", "omniglot") != "omniglot":
         how += f"; measured at 28x28, so far too low for {cfg.dataset} images"
+    elif side != 28:  # the omniglot-lake-within rebuild at 56 px took 23 min against an estimate of 7
+        how += f"; measured at 28x28, so too low for {side}x{side} images"
     return Cost(seconds, how)
 
 
