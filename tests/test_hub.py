@@ -30,17 +30,17 @@ def run_cli():
     return module.main
 
 
-def episode(seed: int = 0):
+def episode(seed: int = 0, side: int = 28):
     g = torch.Generator().manual_seed(seed)
-    support = torch.rand(2, 10, 1, 28, 28, generator=g)
+    support = torch.rand(2, 10, 1, side, side, generator=g)
     labels = torch.arange(5).repeat(2).expand(2, 10)
-    query = torch.rand(2, 6, 1, 28, 28, generator=g)
+    query = torch.rand(2, 6, 1, side, side, generator=g)
     return support, labels, query
 
 
 def outputs(model: MatchingNetwork):
-    with torch.no_grad():
-        return model(*episode(), n_way=5)
+    with torch.no_grad():  # at the model's own side (omniglot-lake-within takes 56 px)
+        return model(*episode(side=model.config["image_size"]), n_way=5)
 
 
 def trained_like(fce: bool) -> HubMatchingNetwork:
@@ -339,13 +339,13 @@ def test_rebuild_ships_resumes_and_skips(tmp_path, monkeypatch, capsys):
         trained.append(cfg.name)
         return {"seconds": 1.0}
 
-    def fake_eval(folder, dataset, split, data_root, device, episodes, seed, out):
+    def fake_eval(folder, dataset, split, data_root, device, episodes, seed, out, data_options=None):
         acc = {"mean": 90.0, "ci95": 0.5}
         return {"checkpoint": str(folder), "dataset": dataset, "split": split, "test_classes": 1, "episodes": episodes,
                 "seed": seed, "query_per_class": 15, "hardware": "test", "model": matchnet.load_model(folder).config,
                 "accuracy": {k: acc for k in ("5w1s", "5w5s", "20w1s", "20w5s")}}
 
-    def fake_compare(name, cfg, new, old, splits, dev, episodes, new_test=None):
+    def fake_compare(name, cfg, new, old, splits, dev, episodes, new_test=None, old_splits=None):
         acc = {"mean": 90.0, "ci95": 0.5}
         return {"model": name, "episodes": episodes, "selection_metric": "val_20w1s", "shipped": "new",
                 "reason": "nothing was shipped before", "old": None,

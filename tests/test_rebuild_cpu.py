@@ -182,7 +182,7 @@ def test_a_config_s_data_options_reach_every_phase_and_an_old_model_at_another_s
     torch.manual_seed(0)
     new = save_model(rebuild.TrainConfig.from_toml(toml).model(big["train"]), tmp_path / "new")
     old = save_model(blank(cfg), tmp_path / "old")
-    assert rebuild.shipped_side(old) == 28 and rebuild.shipped_side(tmp_path / "nothing") is None
+    assert rebuild.image_side(old) == 28 and rebuild.image_side(new) == 56 and rebuild.image_side(tmp_path) is None
     record = compare.compare("tiny", cfg, new, old, big, torch.device("cpu"), 10, old_splits=small)
     assert "error" not in record["old"] and set(record["old"]["val"]) == {"val_5w1s", "val_20w1s"}
     broken = compare.compare("tiny", cfg, new, old, big, torch.device("cpu"), 10)  # no splits at its side

@@ -219,9 +219,9 @@ def run(root: Path, *, device: str, data_root: str | None, push_to: str | None, 
         if "compared" in todo:
             say(f"old vs new: scoring {assets} and {cfg.run_dir / 'best'} on the same episodes; {progress.line()}")
             started = time.perf_counter()
-            splits, old_side = splits_of(cfg), shipped_side(assets)
-            other = old_side is not None and old_side != splits["test"].images.shape[-1]
-            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits, dev, episodes,
+            old_side, new_side = image_side(assets), image_side(cfg.run_dir / "best")
+            other = None not in (old_side, new_side) and old_side != new_side
+            record = compare.compare(job.name, cfg, cfg.run_dir / "best", assets, splits_of(cfg), dev, episodes,
                                      new_test=evaluated_test(cfg.run_dir / "results.json", episodes),
                                      old_splits=splits_of(cfg, old_side) if other else None)
             write_text(cfg.run_dir / "comparison.json", json.dumps(record, indent=2) + "\n")
@@ -376,11 +376,11 @@ class SplitCache:
         return self.loaded[key]
 
 
-def shipped_side(assets: Path) -> int | None:
-    """The image side of the model shipped at assets/<name> (None: nothing readable there); compare scores it on
-    images at that side when the new model's config trains at another."""
+def image_side(folder: Path) -> int | None:
+    """The image side of the checkpoint in folder (None: nothing readable there); compare scores the shipped model
+    on images at its side when the new one was trained at another."""
     try:
-        return int(json.loads((assets / CONFIG).read_text())["image_size"])
+        return int(json.loads((folder / CONFIG).read_text())["image_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
