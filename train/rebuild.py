@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from matchnet.atomic import write_text, write_with
-from matchnet.checkpoint import CONFIG, WEIGHTS
+from matchnet.checkpoint import CONFIG, WEIGHTS, CheckpointError, read_config
 from matchnet.data import load_splits
 from matchnet.results import write_results_md
 from matchnet.train import TrainConfig, resolve_device, train
@@ -380,8 +380,8 @@ def image_side(folder: Path) -> int | None:
     """The image side of the checkpoint in folder (None: nothing readable there); compare scores the shipped model
     on images at its side when the new one was trained at another."""
     try:
-        return int(json.loads((folder / CONFIG).read_text())["image_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_config(folder)["image_size"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
         return None
 
 
