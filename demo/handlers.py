@@ -4,6 +4,7 @@ Pads are inputs only (page.py says why); bad input changes nothing but the statu
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,11 +32,14 @@ log = logging.getLogger("matchnet.app")
 
 def guarded(fn: Callable) -> Callable:
     """For UI handlers: bad input becomes a warning and a status line and changes nothing else; no
-    traceback ever reaches the page (unexpected errors are logged here and reported in one line)."""
+    traceback ever reaches the page (unexpected errors are logged here and reported in one line). One
+    session's handlers run one at a time, under its lock."""
     @functools.wraps(fn)
     def wrapper(self: "Handlers", *args, **kwargs):
+        session = next((a for a in (*args, *kwargs.values()) if isinstance(a, Session)), None)
         try:
-            return fn(self, *args, **kwargs)
+            with session.lock if session is not None else contextlib.nullcontext():
+                return fn(self, *args, **kwargs)
         except inf.InputError as e:
             message = str(e)
         except Exception as e:  # noqa: BLE001 - the page gets one line, the log the traceback

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import secrets
 import string
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,9 @@ class Session:
         self.chars: list[str] = []  # a random episode's characters, one per class
         self.cache = inf.SupportCache()
         self.rng = random.Random(secrets.randbits(64))
+        # One tab's events run one at a time (demo.handlers.guarded takes it): the queue runs several events at
+        # once, and a slider's change with a click sent right after must not interleave on this state.
+        self.lock = threading.RLock()
 
     def __deepcopy__(self, memo: dict) -> "Session":  # gr.State deep-copies its default for every session
         return Session()

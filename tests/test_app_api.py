@@ -392,6 +392,34 @@ def test_ui_renaming_after_a_random_episode_keeps_the_score(ui):
     assert f"Prediction: **{new_truth}**" in out[ui.prediction]
 
 
+def test_ui_one_tabs_events_do_not_interleave(ui, monkeypatch):
+    """The queue runs several events at once. A tab that changes N and clicks Random straight after sends two:
+    the change's reset must not land in the middle of the episode (it wiped the truth, and the score with it)."""
+    s = Session()
+    ui.on_shape(2, 1, s)
+    inside, release = threading.Event(), threading.Event()
+    real = ui.result_view
+
+    def held(session: Session, explicit: bool) -> dict:  # the episode is built; hold it before it is scored
+        inside.set()
+        release.wait(30)
+        return real(session, explicit)
+
+    monkeypatch.setattr(ui, "result_view", held)
+    outs: dict[str, dict] = {}
+    episode = threading.Thread(target=lambda: outs.update(random=ui.on_random(5, 1, s)))
+    episode.start()
+    assert inside.wait(30)
+    change = threading.Thread(target=lambda: outs.update(shape=ui.on_shape(3, 1, s)))
+    change.start()
+    change.join(0.5)  # the time the change would need to reset the session, were it let in
+    release.set()
+    episode.join(30)
+    change.join(30)
+    assert "1/1 correct (the query is" in outs["random"][ui.status], outs["random"][ui.status]
+    assert s.n_way == 3 and not s.truth  # the change ran, after the episode: what the visitor did last wins
+
+
 def test_ui_escapes_class_names_everywhere(ui):
     s = Session()
     ui.on_shape(2, 1, s)

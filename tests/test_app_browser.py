@@ -133,6 +133,8 @@ def random_episode(page: Page, n: int) -> None:
     """A fresh random N-way episode, waited for by what it changes (its status, no progress overlay, and the
     names box reset to A, B, ...), so that each test starts from its own state, not an earlier test's."""
     shot.set_number(page, "mn-n", n)
+    page.wait_for_function("(n) => document.querySelector('#mn-names textarea, #mn-names input')"
+                           ".value.split(',').length === n", arg=n)  # the change of N has come back
     wait_idle(page, "body")
     page.click("#mn-random")
     wait_text(page, "#mn-status", "random episode")
