@@ -425,3 +425,34 @@ def test_val_within_scores_candidates_paired_on_both_inputs(real_omniglot_root, 
     assert "minus_ref" not in record["results"]["a"]["within 20w1s, as drawn"]
     with pytest.raises(SystemExit, match="NAME=FOLDER"):
         val_within.main(["--data-root", str(real_omniglot_root), "--model", str(tmp_path / "nowhere")])
+
+
+def test_val_within_alphabets_restricts_the_episodes(real_omniglot_root, tmp_path, monkeypatch):
+    """--alphabets Hebrew: every episode is built from Hebrew's characters alone (the alphabet both the vinyals
+    and lake-alphabets splits hold out), the record says so, and an alphabet outside validation is one line."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "train"))
+    import val_within
+
+    import matchnet.alphabets as alphabets_module
+    from matchnet.checkpoint import save_model
+    from matchnet.model import MatchingNetwork
+
+    seen: list[set[str]] = []
+    real = alphabets_module.within_alphabet_episodes
+
+    def spy(split, *args, **kwargs):
+        seen.append({name.split("/")[0] for name in split.names})
+        return real(split, *args, **kwargs)
+
+    monkeypatch.setattr(alphabets_module, "within_alphabet_episodes", spy)
+    folder = save_model(MatchingNetwork(hidden=8), tmp_path / "ckpt")
+    out = tmp_path / "val.json"
+    val_within.main(["--data-root", str(real_omniglot_root), "--model", f"a={folder}", "--episodes", "10",
+                     "--alphabets", "Hebrew", "--out", str(out)])
+    assert seen and all(names == {"Hebrew"} for names in seen), seen
+    assert json.loads(out.read_text())["alphabets"] == ["Hebrew"]
+    with pytest.raises(SystemExit, match="Tengwar"):
+        val_within.main(["--data-root", str(real_omniglot_root), "--model", f"a={folder}", "--alphabets", "Tengwar"])

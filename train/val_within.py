@@ -2,12 +2,14 @@
 """Within-alphabet candidates compared on validation, as drawn and through the demo's preprocessing, paired.
 
   python train/val_within.py --data-root DIR --model NAME=FOLDER [--model NAME=FOLDER ...] [--episodes 1000]
-      [--out docs/results/within_val.json]
+      [--alphabets NAME[,NAME...]] [--out docs/results/within_val.json]
 
 The validation set is the one omniglot_lake_within.toml chooses on: the 5 images_background alphabets held out of
 its training (split "lake-alphabets"), upright. Each column is within-alphabet 1-shot (one alphabet, support by
 one drawer and queries by another, one query per class) on the same 1,000 episodes for every model (seed 12345,
-as in training's validation); the same episodes again with every image put through the demo's preprocessing
+as in training's validation), or only of --alphabets (e.g. Hebrew: the one background alphabet held out of the
+training of both the vinyals split and the lake-alphabets split, so models of those splits are compared on
+validation); the same episodes again with every image put through the demo's preprocessing
 (what a visitor's drawing becomes). A model trained at another side (56 px) sees the same episodes at its own side. Training validates as drawn only; this adds the column the demo lives on, so
 that a recipe trained for the demo is chosen on validation, not on test. The first model is the reference: every
 other row has its paired difference on the same episodes, with a 95% interval. Models run in fp32.
@@ -35,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER",
                    help="a checkpoint folder (a run's best/, or assets/NAME); the first is the reference")
     p.add_argument("--episodes", type=int, default=1000)
+    p.add_argument("--alphabets", help="comma-separated: only these of the 5 validation alphabets")
     p.add_argument("--out", help="write the record (JSON) here; the table is printed either way")
     args = p.parse_args(argv)
+    alphabets = set(args.alphabets.split(",")) if args.alphabets else None
     models = []
     for item in args.model:
         name, sep, folder = item.partition("=")
@@ -60,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         model.use_channels_last()
         size = int(model.config["image_size"])
         if size not in by_size:
-            val = upright(load_splits("omniglot", "lake-alphabets", args.data_root, image_size=size)["val"])
+            try:
+                val = upright(load_splits("omniglot", "lake-alphabets", args.data_root, image_size=size)["val"],
+                              alphabets)
+            except ValueError as e:
+                sys.exit(f"--alphabets {args.alphabets}: {e}")
             by_size[size] = {"as drawn": val, "demo preprocessing": preprocess_split(val)}
         inputs = by_size[size]
         # the episodes pick classes and drawers by index: the same episodes at every side, so still paired
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             table[name][key] = entry
     record = {"command": "python train/val_within.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "hardware": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "episodes": args.episodes, "seed": SEED, "reference": ref,
+              "torch": torch.__version__, "episodes": args.episodes,
+              "alphabets": sorted(alphabets) if alphabets else "the 5 validation alphabets", "seed": SEED, "reference": ref,
               "models": {name: str(folder) for name, folder in models}, "results": table,
               "seconds": round(time.perf_counter() - t0, 1)}
     keys = list(table[ref])
