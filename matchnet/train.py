@@ -267,15 +267,14 @@ def train(cfg: TrainConfig, splits: dict | None = None, resume: bool = True,
     set_deterministic(cfg.deterministic)
     if splits is None:
         splits = load_splits(cfg.dataset, cfg.split, cfg.data_root, cfg.download, **cfg.data_options)
-    if cfg.preprocess == "app":  # every image through the demo's drawing preprocessing (~100 s of CPU)
-        from .augment import with_app_preprocessing
-
-        splits = with_app_preprocessing(splits)
     processed = None
-    if cfg.preprocess == "mixed":  # a preprocessed copy of the training split beside the drawn one
+    if cfg.preprocess != "none":  # the demo's drawing preprocessing (~100 s of CPU)
         from .augment import with_app_preprocessing
 
-        processed = with_app_preprocessing({"t": splits[cfg.train_on]})["t"].to(device)
+        if cfg.preprocess == "app":  # every image through it
+            splits = with_app_preprocessing(splits)
+        else:  # "mixed": a preprocessed copy of the training split beside the drawn one
+            processed = with_app_preprocessing({"t": splits[cfg.train_on]})["t"].to(device)
     cfg.check_against_data(splits)
     train_split = splits[cfg.train_on].to(device)
     val_split = splits["val"].to(device)

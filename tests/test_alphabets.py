@@ -456,3 +456,30 @@ def test_val_within_alphabets_restricts_the_episodes(real_omniglot_root, tmp_pat
     assert json.loads(out.read_text())["alphabets"] == ["Hebrew"]
     with pytest.raises(SystemExit, match="Tengwar"):
         val_within.main(["--data-root", str(real_omniglot_root), "--model", f"a={folder}", "--alphabets", "Tengwar"])
+
+
+@pytest.mark.parametrize("mode, preprocessed", [("app", {"train", "val"}), ("mixed", {"t"})])
+def test_the_engine_preprocesses_what_each_recipe_says(tmp_path, monkeypatch, mode, preprocessed):
+    """preprocess = "app": every split through the demo's preprocessing (validation too); "mixed": a copy of the
+    training split only, beside the drawn one."""
+    import matchnet.augment as augment
+    from conftest import synthetic_glyphs
+    from matchnet.train import TrainConfig, train
+
+    calls: list[set[str]] = []
+    real = augment.with_app_preprocessing
+
+    def spy(splits):
+        calls.append(set(splits))
+        return real(splits)
+
+    monkeypatch.setattr(augment, "with_app_preprocessing", spy)
+    images = synthetic_glyphs(20, 0)
+    names = [f"Alpha{i // 10}/character{i % 10 + 1:02d}" for i in range(20)]
+    splits = {k: FewShotSplit(images, torch.tensor(list(ids)), torch.zeros(len(ids), dtype=torch.long),
+                              [names[i] for i in ids]) for k, ids in (("train", range(10)), ("val", range(10, 20)))}
+    cfg = TrainConfig(name="m", way=5, shot=1, query=2, meta_batch=2, steps=1, hidden=8, within_alphabet=0.5,
+                      preprocess=mode, val_tasks=[[5, 1]], val_every=1, val_episodes=4, log_every=1,
+                      checkpoint_every=1, device="cpu", out_dir=str(tmp_path / "run"), progress=False)
+    assert train(cfg, splits=splits)["steps"] == 1
+    assert calls == [preprocessed]
