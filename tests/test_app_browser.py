@@ -152,8 +152,12 @@ def test_renaming_after_a_random_episode_keeps_the_score(browser_page):
     box = page.locator("#mn-names textarea, #mn-names input").first
     box.fill(", ".join(names))
     box.press("Enter")
+    box.press("Tab")  # and move on, as a visitor does: the blur renames too (a no-op once the submit has)
     renamed = names["ABCDE".index(truth)]
-    wait_text(page, "#mn-status", f"(the query is {renamed})")
+    try:
+        wait_text(page, "#mn-status", f"(the query is {renamed})")
+    except Exception as e:  # say what the page showed instead (the status line, the names box)
+        raise AssertionError(f"status {text(page, '#mn-status')!r}, names {box.input_value()!r}") from e
     assert "1/1 correct" in text(page, "#mn-status")
     wait_text(page, "#mn-prediction", f"Prediction: {renamed}")
     assert not outside
