@@ -60,11 +60,11 @@ def slot_title(s: Session, drawing: bool) -> str:
 def status_line(s: Session, result: inf.Result, names: list[str]) -> str:
     line = (f"{len(names)} quer{'y' if len(names) == 1 else 'ies'} against {len(result.support_labels)} "
             f"support examples of {len(result.classes)} classes")
-    truth = s.truth_names()
-    if truth and len(truth) == len(names):
-        right = sum(p == t for p, t in zip(result.predicted, truth))
-        line += (f" · random episode: {right}/{len(names)} correct "
-                 f"(the query is {', '.join(md(t) for t in truth)})")
+    scored = [(p, t) for p, t in zip(result.predicted, s.truth_names()) if t is not None]
+    if scored:  # the random episode's query; a query drawn or uploaded beside it has no truth to score
+        right = sum(p == t for p, t in scored)
+        line += (f" · random episode: {right}/{len(scored)} correct "
+                 f"(the query is {', '.join(md(t) for _, t in scored)})")
     return line + (f". {md(s.source())}." if s.chars else "")
 
 

@@ -62,6 +62,15 @@ def read_pad(value: dict | np.ndarray | None, size: int = inf.IMAGE_SIZE) -> np.
         return None
 
 
+def canvas_digest(value: dict | np.ndarray | None) -> str | None:
+    """A digest of a Sketchpad's raw canvas (what tells one stroke from another), None for no canvas."""
+    image = value.get("composite") if isinstance(value, dict) else value
+    if image is None:
+        return None
+    a = np.ascontiguousarray(image)
+    return hashlib.sha1(str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
 def read_files(served: Served, files: list[str] | None, what: str) -> list[Query]:
     """All uploaded files or none: one bad file rejects the upload, naming the file (matchnet.inputs.read_all,
     the rule the predict API follows too)."""
@@ -222,10 +231,11 @@ class Handlers:
         x = read_pad(value, self.side)
         if x is None and s.drawn is None:  # a blank pad cleared again: keep the status line as it is
             return {self.status: gr.skip()}
-        s.drawn = None if x is None else Query(x, "drawn query")
-        if x is not None:
-            s.truth = []
-        elif not s.uploads:  # the query pad was cleared: so are its results
+        canvas = canvas_digest(value)
+        if x is not None and canvas == s.discarded:
+            return {self.status: gr.skip()}  # the late change event of a drawing a random episode or Clear removed
+        s.drawn, s.drawn_canvas = (None, None) if x is None else (Query(x, "drawn query"), canvas)
+        if x is None and not s.uploads:  # the query pad was cleared: so are its results
             return {self.status: "Query cleared: draw a character.", **self.cleared_results()}
         return self.result_view(s, explicit=False)
 
@@ -236,7 +246,7 @@ class Handlers:
         if x is None and not s.uploads:
             raise inf.InputError(self.no_query_message())
         if x is not None and (s.drawn is None or not np.array_equal(x, s.drawn.x)):
-            s.drawn, s.truth = Query(x, "drawn query"), []
+            s.drawn, s.drawn_canvas = Query(x, "drawn query"), canvas_digest(value)
         return self.result_view(s, explicit=True)
 
     def select(self, s: Session, index: int) -> dict:
@@ -283,12 +293,12 @@ class Handlers:
                                  + (" (the drawn one plus uploads)" if self.drawing else "")
                                  + f"; room for {max(room, 0)} more: *Clear queries* first")
         s.uploads += queries
-        s.truth = []
         return self.result_view(s, explicit=True)
 
     @guarded
     def on_clear_queries(self, s: Session) -> dict:
-        s.drawn, s.uploads, s.truth, s.shown = None, [], [], 0
+        s.discard_drawn()
+        s.uploads, s.shown = [], 0
         return {self.status: "Queries cleared.", **self.cleared_results()}
 
     @guarded
@@ -338,9 +348,8 @@ class Handlers:
         s.names = DEFAULT_NAMES[:n]  # short names keep the captions readable; the status line names the source
         s.chars = chars
         s.slots = {(c, j): self.served.prepare(p) for c, paths in enumerate(support) for j, p in enumerate(paths)}
-        s.drawn = None
-        s.uploads = [Query(self.served.prepare(p), "random") for _, p in queries]
-        s.truth = [c for c, _ in queries]
+        s.discard_drawn()  # the page's js clears the pad with this click
+        s.uploads = [Query(self.served.prepare(p), "random", truth=c) for c, p in queries]
         view = {**self.support_view(s), self.n_way: n, self.k_shot: k}
         if not queries:
             return {**view, **self.cleared_results(),
@@ -349,9 +358,9 @@ class Handlers:
 
     @guarded
     def on_clear(self, s: Session) -> dict:
-        rng = s.rng
-        s.__dict__.update(Session().__dict__)
-        s.rng = rng
+        s.discard_drawn()
+        kept = {k: s.__dict__[k] for k in ("rng", "discarded", "lock")}  # the lock is held: this very event's
+        s.__dict__.update({**Session().__dict__, **kept})
         return {**self.support_view(s), **self.cleared_results(), self.n_way: s.n_way, self.k_shot: s.k_shot,
                 self.compare: False, self.scale: self.model_scale(), self.status: self.welcome(s)}
 

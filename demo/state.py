@@ -28,6 +28,7 @@ DEFAULT_NAMES = list(string.ascii_uppercase[:MAX_WAY])
 class Query:
     x: np.ndarray  # model input: a drawing [H, W] (ink = 1; 28 px for the shipped models) or a photo [C, H, W]
     name: str  # how the results label it
+    truth: int | None = None  # a random episode's query: its class (an index, so renaming keeps it right)
 
 
 class Session:
@@ -44,7 +45,13 @@ class Session:
         self.compare = False
         self.scale: float | None = None  # the attention view's softmax scale (None: the model's own)
         self.shown = 0  # the query whose probabilities and attention are shown
-        self.truth: list[int] = []  # a random episode's query classes (indices: renaming keeps them right)
+        # The query pad's canvas (a digest of its raw pixels) behind self.drawn, and the one a random episode or a
+        # Clear discarded. The pad's change event can reach the server seconds after the stroke (the pad uploads
+        # its image first), after the click that discarded it: that late event must not bring the drawing back
+        # (handlers.on_query_drawn). Raw pixels, not the model's input: two bars drawn apart look alike once
+        # cropped and shrunk, but no two strokes by hand leave the same canvas.
+        self.drawn_canvas: str | None = None
+        self.discarded: str | None = None
         self.chars: list[str] = []  # a random episode's characters, one per class
         self.cache = inf.SupportCache()
         self.rng = random.Random(secrets.randbits(64))
@@ -76,8 +83,20 @@ class Session:
     def queries(self) -> list[Query]:
         return ([self.drawn] if self.drawn is not None else []) + self.uploads
 
-    def truth_names(self) -> list[str]:
-        return [self.names[c] for c in self.truth]
+    @property
+    def truth(self) -> list[int]:
+        """The classes of the queries that a random episode drew (a drawn or uploaded query has none)."""
+        return [q.truth for q in self.queries() if q.truth is not None]
+
+    def truth_names(self) -> list[str | None]:
+        """Per query, in queries() order: its true class's current name, or None where it has none."""
+        return [None if q.truth is None else self.names[q.truth] for q in self.queries()]
+
+    def discard_drawn(self) -> None:
+        """A random episode or a Clear empties the query pad: forget its drawing, and remember it as stale."""
+        if self.drawn is not None:
+            self.discarded = self.drawn_canvas
+        self.drawn, self.drawn_canvas = None, None
 
     def source(self) -> str:
         """Where a random episode's characters come from, under the classes' current names."""
@@ -88,7 +107,9 @@ class Session:
 
     def forget_episode(self) -> None:
         """The visitor changed the support set: it is no longer the random episode."""
-        self.truth, self.chars = [], []
+        self.chars = []
+        for q in self.uploads:
+            q.truth = None
 
 
 class ApiSession:
