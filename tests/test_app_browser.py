@@ -7,6 +7,7 @@ CI installs chromium (.ci/run); locally: apt-get install -y chromium.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -34,10 +35,14 @@ def browser_page(server):
         yield page, outside
 
 
+OVERLAY = re.compile(r"(processing|queue:).*|[\d./]+\s*s")  # the progress overlay's lines: its text, a bare timer
+
+
 def text(page: Page, selector: str) -> str:
-    """An element's text without gradio's progress overlay, which a following event may bring back."""
+    """An element's text without gradio's progress overlay, which a following event may bring back (its timer can
+    stand alone on a line, e.g. '0.1s')."""
     lines = page.locator(selector).inner_text().splitlines()
-    return "\n".join(line for line in lines if not line.startswith(("processing", "queue:")))
+    return "\n".join(line for line in lines if not OVERLAY.fullmatch(line.strip()))
 
 
 def stroke(page: Page, pad: str, points: list[tuple[float, float]]) -> None:
