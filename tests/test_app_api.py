@@ -413,9 +413,10 @@ def test_ui_a_late_change_of_a_discarded_drawing_is_ignored(ui):
     new = ui.on_query_drawn(line(160, vertical=True), s)  # a new drawing is taken, beside the episode's query
     assert s.drawn is not None and "2 queries against" in new[ui.status]
     assert "random episode: 1/1 correct" in new[ui.status], new[ui.status]  # still scored: it keeps its truth
-    ui.on_clear(s)
+    lock = s.lock
+    ui.on_clear(s)  # Clear discards the drawing too, and keeps the tab's lock (its own event holds it)
     assert ui.on_query_drawn(line(160, vertical=True), s) == {ui.status: ui.on_query_drawn(None, s)[ui.status]}
-    assert s.drawn is None and not s.truth
+    assert s.drawn is None and not s.truth and s.lock is lock
 
 
 def test_ui_one_tabs_events_do_not_interleave(ui, monkeypatch):
