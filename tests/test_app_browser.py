@@ -175,7 +175,9 @@ def test_html_class_names_are_shown_as_text(browser_page):
     box = page.locator("#mn-names textarea, #mn-names input").first
     box.fill(", ".join(evil))
     box.press("Enter")
-    wait_text(page, "#mn-status", "random episode")
+    # The rename has come back once the support thumbnails carry the new names (the status line said "random
+    # episode" before it too): a click before that could land on a thumbnail the rename's update then replaced.
+    wait_text(page, "#mn-support", f"{evil[0]}·1")
     wait_idle(page, "body")
     page.click("#mn-support .thumbnail-item >> nth=0")  # select slot 1: the "Now drawing" line names the class
     wait_text(page, "#mn-slot", f"Now drawing: class {evil[0]}")
