@@ -180,7 +180,11 @@ def test_html_class_names_are_shown_as_text(browser_page):
     wait_text(page, "#mn-support", f"{evil[0]}·1")
     wait_idle(page, "body")
     page.click("#mn-support .thumbnail-item >> nth=0")  # select slot 1: the "Now drawing" line names the class
-    wait_text(page, "#mn-slot", f"Now drawing: class {evil[0]}")
+    try:
+        wait_text(page, "#mn-slot", f"Now drawing: class {evil[0]}")
+    except Exception as e:  # say what the page showed instead
+        raise AssertionError(f"slot line {text(page, '#mn-slot')!r}, support {text(page, '#mn-support')!r}, "
+                             f"status {text(page, '#mn-status')!r}") from e
     page.wait_for_function("(name) => Array.from(document.querySelectorAll('#mn-probs .xtick text'))"
                            ".some((t) => t.textContent === name)", arg=evil[1])  # the plot's axis
     labels = page.locator("#mn-attention .mn-name").all_inner_texts()
