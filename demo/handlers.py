@@ -245,8 +245,10 @@ class Handlers:
         x = read_pad(value, self.side)  # the pad as it is now, even if its change event is still queued
         if x is None and not s.uploads:
             raise inf.InputError(self.no_query_message())
-        if x is not None and (s.drawn is None or not np.array_equal(x, s.drawn.x)):
-            s.drawn, s.drawn_canvas = Query(x, "drawn query"), canvas_digest(value)
+        if x is not None:
+            if s.drawn is None or not np.array_equal(x, s.drawn.x):
+                s.drawn = Query(x, "drawn query")
+            s.drawn_canvas = canvas_digest(value)  # the canvas a late change event of this drawing will carry
         return self.result_view(s, explicit=True)
 
     def select(self, s: Session, index: int) -> dict:
