@@ -234,7 +234,7 @@ class Handlers:
         canvas = canvas_digest(value)
         if x is not None and canvas == s.discarded:
             return {self.status: gr.skip()}  # the late change event of a drawing a random episode or Clear removed
-        s.drawn, s.drawn_canvas = (None, None) if x is None else (Query(x, "drawn query"), canvas)
+        s.drawn = None if x is None else Query(x, "drawn query", canvas=canvas)
         if x is None and not s.uploads:  # the query pad was cleared: so are its results
             return {self.status: "Query cleared: draw a character.", **self.cleared_results()}
         return self.result_view(s, explicit=False)
@@ -245,10 +245,8 @@ class Handlers:
         x = read_pad(value, self.side)  # the pad as it is now, even if its change event is still queued
         if x is None and not s.uploads:
             raise inf.InputError(self.no_query_message())
-        if x is not None:
-            if s.drawn is None or not np.array_equal(x, s.drawn.x):
-                s.drawn = Query(x, "drawn query")
-            s.drawn_canvas = canvas_digest(value)  # the canvas a late change event of this drawing will carry
+        if x is not None:  # the canvas too, even if the input is unchanged: a late change event will carry it
+            s.drawn = Query(x, "drawn query", canvas=canvas_digest(value))
         return self.result_view(s, explicit=True)
 
     def select(self, s: Session, index: int) -> dict:

@@ -29,6 +29,7 @@ class Query:
     x: np.ndarray  # model input: a drawing [H, W] (ink = 1; 28 px for the shipped models) or a photo [C, H, W]
     name: str  # how the results label it
     truth: int | None = None  # a random episode's query: its class (an index, so renaming keeps it right)
+    canvas: str | None = None  # a drawn query: a digest of the pad's raw canvas (handlers.canvas_digest)
 
 
 class Session:
@@ -45,12 +46,11 @@ class Session:
         self.compare = False
         self.scale: float | None = None  # the attention view's softmax scale (None: the model's own)
         self.shown = 0  # the query whose probabilities and attention are shown
-        # The query pad's canvas (a digest of its raw pixels) behind self.drawn, and the one a random episode or a
-        # Clear discarded. The pad's change event can reach the server seconds after the stroke (the pad uploads
-        # its image first), after the click that discarded it: that late event must not bring the drawing back
-        # (handlers.on_query_drawn). Raw pixels, not the model's input: two bars drawn apart look alike once
-        # cropped and shrunk, but no two strokes by hand leave the same canvas.
-        self.drawn_canvas: str | None = None
+        # The canvas (Query.canvas) of the drawn query that a random episode or a Clear discarded. The pad's change
+        # event can reach the server seconds after the stroke (the pad uploads its image first), after the click
+        # that discarded it: that late event must not bring the drawing back (handlers.on_query_drawn). Raw
+        # pixels, not the model's input: two bars drawn apart look alike once cropped and shrunk, but no two
+        # strokes by hand leave the same canvas.
         self.discarded: str | None = None
         self.chars: list[str] = []  # a random episode's characters, one per class
         self.cache = inf.SupportCache()
@@ -95,8 +95,8 @@ class Session:
     def discard_drawn(self) -> None:
         """A random episode or a Clear empties the query pad: forget its drawing, and remember it as stale."""
         if self.drawn is not None:
-            self.discarded = self.drawn_canvas
-        self.drawn, self.drawn_canvas = None, None
+            self.discarded = self.drawn.canvas
+        self.drawn = None
 
     def source(self) -> str:
         """Where a random episode's characters come from, under the classes' current names."""
