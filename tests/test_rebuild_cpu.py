@@ -201,3 +201,41 @@ def test_a_plan_at_another_side_says_its_estimate_is_too_low(tmp_path):
     if plain is None:
         pytest.fail("no CPU speed record to estimate from (docs/bench)")
     assert "too low for 56x56" in big.how and "too low" not in plain.how
+
+
+def test_a_56px_plan_estimates_from_its_own_shipped_models_measured_times(tmp_path):
+    """At a side the CPU records do not measure, the plan uses the shipped model's own training and test times
+    (assets/<name>/training.json, results.json), but only where that model costs what the config's does."""
+    from train import costs
+
+    root = tmp_path / "root"
+    (root / "train" / "configs").mkdir(parents=True)
+    toml = root / "train" / "configs" / "tiny.toml"
+    toml.write_text(TINY + "[data_options]\nimage_size = 56\n")
+    cfg = rebuild.TrainConfig.from_toml(toml)
+    assets = root / "assets" / "tiny"
+    assets.mkdir(parents=True)
+    train_config = {k: getattr(cfg, k) for k in costs.COST_KEYS} | {"data_options": {"image_size": 56}}
+    (assets / "training.json").write_text(json.dumps({
+        "hardware": "CPU (x86_64, 2 threads)", "train_seconds": 100.0, "train_images": 20_000,
+        "train_config": train_config}))
+    test_images = 10 * sum(w * (s + 15) for w, s in costs.TEST_COLUMNS)
+    (assets / "results.json").write_text(json.dumps({
+        "hardware": "CPU (x86_64, 2 threads)", "eval_seconds": 90.0, "episodes": 10, "query_per_class": 15,
+        "model": {"image_size": 56, "fce": cfg.fce, "hidden": cfg.hidden}}))
+    job = rebuild.Job(toml, cfg, "x", fresh=True)
+    own = costs.own_rates(cfg, assets)
+    assert own["train"][0] == 200.0 and own["eval"][0] == test_images / 90.0
+    steps_images = cfg.steps * rebuild.images_per_step(cfg)
+    assert rebuild.cpu_seconds(job, "trained", 10, root) == pytest.approx(steps_images / 200.0)
+    assert rebuild.cpu_seconds(job, "evaluated", 10, root) == pytest.approx(90.0)  # the same four columns
+    val, _ = compare.work_images(cfg, 10)
+    # no shipped weights: nothing old to score; with them, the old model's columns and both val tasks
+    assert rebuild.cpu_seconds(job, "compared", 10, root) == pytest.approx(val * 90.0 / test_images)
+    (assets / "model.safetensors").write_bytes(b"")
+    assert rebuild.cpu_seconds(job, "compared", 10, root) == pytest.approx((2 * val + test_images) * 90.0 / test_images)
+    # a shipped model of another width (or at 28 px) is not this config's cost
+    toml.write_text(TINY.replace("hidden = 8", "hidden = 16") + "[data_options]\nimage_size = 56\n")
+    assert costs.own_rates(rebuild.TrainConfig.from_toml(toml), assets) == {}
+    toml.write_text(TINY)
+    assert costs.own_rates(rebuild.TrainConfig.from_toml(toml), assets) == {}

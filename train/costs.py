@@ -152,6 +152,46 @@ def train_cost(cfg, steps: int | None = None, validations: int | None = None) ->
     return Cost(seconds, how)
 
 
+# What decides a model's cost per image: the same values at both sides make a shipped model's own measured times
+# the best estimate of its rebuild (a 56-px FCE model evaluates ~10x slower per image than the 28-px record).
+COST_KEYS = ("fce", "hidden", "way", "shot", "query", "meta_batch", "amp", "channels_last")
+
+
+def _side(options: dict | None) -> int:
+    return int((options or {}).get("image_size", 28))
+
+
+def own_rates(cfg, assets: Path) -> dict[str, tuple[float, str]]:
+    """Measured rates of this config's own shipped model on a CPU, where assets/<name>/ has them and its model
+    costs what cfg's does: {"train": (images/s, how), "eval": (test images/s, how)}. Training's rate is all-in
+    (its train_seconds count validation and start-up, so it stands for both). Only for images of another side
+    than 28 px, which the CPU records (quiet-machine benchmarks) do not measure; at 28 px they are the better
+    estimate, as a shipped model's times may have been taken beside other work."""
+    rates: dict[str, tuple[float, str]] = {}
+    if _side(getattr(cfg, "data_options", None)) == 28:
+        return rates
+    training = _read(assets / "training.json") or {}
+    trained = training.get("train_config") or {}
+    if (str(training.get("hardware", "")).startswith("CPU") and training.get("train_seconds")
+            and training.get("train_images") and _side(trained.get("data_options")) == _side(cfg.data_options)
+            and all(trained.get(k) == getattr(cfg, k, None) for k in COST_KEYS)):
+        rate = float(training["train_images"]) / float(training["train_seconds"])
+        rates["train"] = (rate, f"{rate:,.0f} images/s all-in, measured training the shipped model of this config "
+                                f"({training['train_images']:,} images in {training['train_seconds']:,.0f} s, "
+                                f"{assets.name}/training.json)")
+    result = _read(assets / "results.json") or {}
+    model = result.get("model") or {}
+    if (str(result.get("hardware", "")).startswith("CPU") and result.get("eval_seconds") and result.get("episodes")
+            and model.get("image_size") == _side(cfg.data_options) and model.get("fce") == cfg.fce
+            and model.get("hidden", cfg.hidden) == cfg.hidden):
+        query = int(result.get("query_per_class", 15))
+        images = result["episodes"] * sum(w * (s + query) for w, s in TEST_COLUMNS)
+        rate = images / float(result["eval_seconds"])
+        rates["eval"] = (rate, f"{rate:,.0f} test images/s, measured evaluating the shipped model of this config "
+                               f"({result['eval_seconds']:,.0f} s for its four columns, {assets.name}/results.json)")
+    return rates
+
+
 def table_cost(task: str) -> str:
     """What `train/run.py table TASK` cost on this project's CPU, summed from its committed records."""
     if task == "omniglot":

@@ -111,21 +111,38 @@ def make_jobs(root: Path, state: dict, overrides: dict, only: list[str], restart
     return jobs
 
 
-def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000) -> float:
-    """Seconds left for this job: on a GPU at the H100's measured pace; on a CPU from the CPU records
-    (train/costs.py; 0 where a phase has no CPU measurement)."""
+def cpu_seconds(job: Job, phase: str, episodes: int, root: Path) -> float:
+    """One phase's estimated seconds on the CPU: the config's own shipped model's measured rates where they fit
+    (costs.own_rates), else the project's CPU records (costs.py; 0 where none is measured)."""
+    cfg, assets = job.cfg, root / "assets" / job.name
+    own = costs.own_rates(cfg, assets)
+    if phase == "trained":
+        steps = cfg.steps - (0 if job.fresh else min(job.resume_step, cfg.steps))
+        if "train" in own:
+            return steps * images_per_step(cfg) / own["train"][0]
+        cost = costs.train_cost(cfg, steps=steps) if steps else None
+        return cost.seconds if cost else 0.0
+    rate = own["eval"][0] if "eval" in own else costs.eval_rate()
+    if not rate:
+        return 0.0
+    val, test = compare.work_images(cfg, episodes)
+    if phase == "evaluated":
+        return test / rate
+    # old vs new: both models' val tasks, and the old model's test columns (the new one's are the evaluated
+    # phase's, reused)
+    old = (assets / WEIGHTS).is_file()
+    return (val * (2 if old else 1) + (test if old else 0)) / rate
+
+
+def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000, root: Path | None = None) -> float:
+    """Seconds left for this job: on a GPU at the H100's measured pace; on a CPU from cpu_seconds."""
     steps_left = job.cfg.steps - (0 if job.fresh else min(job.resume_step, job.cfg.steps))
     if device.type == "cuda":
         train_s = steps_left * H100_SECONDS_PER_STEP if "trained" not in job.done else 0
         return train_s + (EVAL_SECONDS if "evaluated" not in job.done else 0)
-    train = costs.train_cost(job.cfg, steps=steps_left) if "trained" not in job.done and steps_left else None
-    test = costs.eval_cost(episodes) if "evaluated" not in job.done else None
-    # old vs new: both models on the val tasks and the test columns (validation priced as test images)
-    both = costs.eval_cost(episodes) if "compared" not in job.done else None
-    val, _ = compare.work_images(job.cfg, episodes)
-    rate = costs.eval_rate()
-    both_s = 2 * (both.seconds + val / rate) if both and rate else 0.0
-    return (train.seconds if train else 0.0) + (test.seconds if test else 0.0) + both_s
+    root = root or job.toml.parent.parent.parent
+    return sum(cpu_seconds(job, p, episodes, root) for p in ("trained", "evaluated", "compared")
+               if p not in job.done)
 
 
 def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to: str | None,
@@ -153,14 +170,18 @@ def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to
     train = costs.train_cost(todo[0].cfg) if todo else None
     test = costs.eval_cost(episodes)
     if test:  # the plan line says so: old vs new scores two models
-        test = costs.Cost(test.seconds, test.how + "; old vs new: twice this plus both models' val tasks")
+        test = costs.Cost(test.seconds, test.how + "; old vs new: the old model's four columns (the new one's are reused) plus both models' val tasks")
     if total == 0 and (todo or any("evaluated" in j.todo(None) for j in jobs)):
         print("estimated time on this CPU: not measured (no CPU record in docs/bench/)")
         return
+    own = {j.name: r for j in jobs if j.todo(None)
+           and (r := costs.own_rates(j.cfg, j.toml.parent.parent.parent / "assets" / j.name))}
     gpu_min = sum(estimate_seconds(j, torch.device("cuda")) for j in jobs) / 60
     print(f"estimated time: ~{costs.duration(total)} on a quiet 2-core CPU (an estimate from measured CPU rates)"
           + (f"\n  per model: {train.how}" if train else "")
           + (f"\n  per evaluation: {test.how}" if test else "")
+          + "".join(f"\n  {name}, from its own shipped model instead: " + "; ".join(how for _, how in rates.values())
+                    for name, rates in own.items())
           + ("\n  not included: start-up and data loading" + ("" if costs.fast_rate(True) else
              "; FCE's LSTMs (not measured on a CPU)"))
           + f"\n  {costs.UNDER_LOAD}"
@@ -267,16 +288,15 @@ class Progress:
         self.estimated = sum(self.units.values()) if self.seconds_units else 0.0
 
     def _units(self, job: Job, phase: str, dev: torch.device, episodes: int, root: Path) -> float:
+        if self.seconds_units:
+            return cpu_seconds(job, phase, episodes, root)
         cfg = job.cfg
         val, test = compare.work_images(cfg, episodes)
         if phase == "trained":
             steps = cfg.steps - (0 if job.fresh else min(job.resume_step, cfg.steps))
-            if self.seconds_units:
-                return costs.train_cost(cfg, steps=steps).seconds
             return steps * images_per_step(cfg) + max(1, steps // cfg.val_every) * cfg.val_episodes * val / episodes
-        images = test if phase == "evaluated" else (val + test) * (2 if (root / "assets" / job.name /
-                                                                        "model.safetensors").is_file() else 1)
-        return images / costs.eval_rate() if self.seconds_units else images
+        old = (root / "assets" / job.name / WEIGHTS).is_file()
+        return test if phase == "evaluated" else val * (2 if old else 1) + (test if old else 0)
 
     def finished(self, job: Job, phase: str, seconds: float) -> None:
         self.done_units += self.units.pop((job.name, phase), 0.0)
