@@ -219,7 +219,7 @@ def test_a_56px_plan_estimates_from_its_own_shipped_models_measured_times(tmp_pa
     (assets / "training.json").write_text(json.dumps({
         "hardware": "CPU (x86_64, 2 threads)", "train_seconds": 100.0, "train_images": 20_000,
         "train_config": train_config}))
-    test_images = 10 * sum(w * (s + 15) for w, s in costs.TEST_COLUMNS)
+    test_images = costs.test_images(10)
     (assets / "results.json").write_text(json.dumps({
         "hardware": "CPU (x86_64, 2 threads)", "eval_seconds": 90.0, "episodes": 10, "query_per_class": 15,
         "model": {"image_size": 56, "fce": cfg.fce, "hidden": cfg.hidden}}))
@@ -227,13 +227,14 @@ def test_a_56px_plan_estimates_from_its_own_shipped_models_measured_times(tmp_pa
     own = costs.own_rates(cfg, assets)
     assert own["train"][0] == 200.0 and own["eval"][0] == test_images / 90.0
     steps_images = cfg.steps * rebuild.images_per_step(cfg)
-    assert rebuild.cpu_seconds(job, "trained", 10, root) == pytest.approx(steps_images / 200.0)
-    assert rebuild.cpu_seconds(job, "evaluated", 10, root) == pytest.approx(90.0)  # the same four columns
+    assert rebuild.cpu_seconds(job, "trained", 10) == pytest.approx(steps_images / 200.0)
+    assert rebuild.cpu_seconds(job, "evaluated", 10) == pytest.approx(90.0)  # the same four columns
     val, _ = compare.work_images(cfg, 10)
     # no shipped weights: nothing old to score; with them, the old model's columns and both val tasks
-    assert rebuild.cpu_seconds(job, "compared", 10, root) == pytest.approx(val * 90.0 / test_images)
+    assert rebuild.cpu_seconds(job, "compared", 10) == pytest.approx(val * 90.0 / test_images)
     (assets / "model.safetensors").write_bytes(b"")
-    assert rebuild.cpu_seconds(job, "compared", 10, root) == pytest.approx((2 * val + test_images) * 90.0 / test_images)
+    both = (2 * val + test_images) * 90.0 / test_images
+    assert rebuild.cpu_seconds(job, "compared", 10) == pytest.approx(both)
     # a shipped model of another width (or at 28 px) is not this config's cost
     toml.write_text(TINY.replace("hidden = 8", "hidden = 16") + "[data_options]\nimage_size = 56\n")
     assert costs.own_rates(rebuild.TrainConfig.from_toml(toml), assets) == {}

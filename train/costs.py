@@ -110,9 +110,12 @@ def eval_rate() -> float | None:
         return float(record["images_per_s"])
     if record is None or not record.get("eval_seconds"):
         return None
-    query = int(record.get("query_per_class", 15))
-    images = record["episodes"] * sum(w * (s + query) for w, s in TEST_COLUMNS)
-    return images / float(record["eval_seconds"])
+    return test_images(record["episodes"], int(record.get("query_per_class", 15))) / float(record["eval_seconds"])
+
+
+def test_images(episodes: int, query: int = 15) -> int:
+    """Images the four test columns read: episodes of each, `query` queries per class."""
+    return episodes * sum(w * (s + query) for w, s in TEST_COLUMNS)
 
 
 def eval_cost(episodes: int, columns=TEST_COLUMNS, query: int = 15) -> Cost | None:
@@ -184,9 +187,7 @@ def own_rates(cfg, assets: Path) -> dict[str, tuple[float, str]]:
     if (str(result.get("hardware", "")).startswith("CPU") and result.get("eval_seconds") and result.get("episodes")
             and model.get("image_size") == _side(cfg.data_options) and model.get("fce") == cfg.fce
             and model.get("hidden", cfg.hidden) == cfg.hidden):
-        query = int(result.get("query_per_class", 15))
-        images = result["episodes"] * sum(w * (s + query) for w, s in TEST_COLUMNS)
-        rate = images / float(result["eval_seconds"])
+        rate = test_images(result["episodes"], int(result.get("query_per_class", 15))) / float(result["eval_seconds"])
         rates["eval"] = (rate, f"{rate:,.0f} test images/s, measured evaluating the shipped model of this config "
                                f"({result['eval_seconds']:,.0f} s for its four columns, {assets.name}/results.json)")
     return rates

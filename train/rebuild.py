@@ -58,6 +58,14 @@ class Job:
     def name(self) -> str:
         return self.cfg.name
 
+    @property
+    def steps_left(self) -> int:
+        return self.cfg.steps - (0 if self.fresh else min(self.resume_step, self.cfg.steps))
+
+    @property
+    def assets(self) -> Path:
+        return self.toml.parent.parent.parent / "assets" / self.name  # <root>/train/configs/<toml>
+
     def todo(self, push_repo: str | None) -> list[str]:
         # a phase redone means every later one is redone too (a new comparison must be shipped again)
         missing = [i for i, p in enumerate(PHASES) if p not in self.done]
@@ -111,38 +119,35 @@ def make_jobs(root: Path, state: dict, overrides: dict, only: list[str], restart
     return jobs
 
 
-def cpu_seconds(job: Job, phase: str, episodes: int, root: Path) -> float:
+def phase_images(job: Job, phase: str, episodes: int) -> int:
+    """Test-time images the evaluated or compared phase reads: old vs new scores both models' val tasks and the
+    old model's test columns (the new one's are the evaluated phase's, reused)."""
+    val, test = compare.work_images(job.cfg, episodes)
+    if phase == "evaluated":
+        return test
+    old = (job.assets / WEIGHTS).is_file()
+    return val * (2 if old else 1) + (test if old else 0)
+
+
+def cpu_seconds(job: Job, phase: str, episodes: int) -> float:
     """One phase's estimated seconds on the CPU: the config's own shipped model's measured rates where they fit
     (costs.own_rates), else the project's CPU records (costs.py; 0 where none is measured)."""
-    cfg, assets = job.cfg, root / "assets" / job.name
-    own = costs.own_rates(cfg, assets)
+    own = costs.own_rates(job.cfg, job.assets)
     if phase == "trained":
-        steps = cfg.steps - (0 if job.fresh else min(job.resume_step, cfg.steps))
         if "train" in own:
-            return steps * images_per_step(cfg) / own["train"][0]
-        cost = costs.train_cost(cfg, steps=steps) if steps else None
+            return job.steps_left * images_per_step(job.cfg) / own["train"][0]
+        cost = costs.train_cost(job.cfg, steps=job.steps_left) if job.steps_left else None
         return cost.seconds if cost else 0.0
     rate = own["eval"][0] if "eval" in own else costs.eval_rate()
-    if not rate:
-        return 0.0
-    val, test = compare.work_images(cfg, episodes)
-    if phase == "evaluated":
-        return test / rate
-    # old vs new: both models' val tasks, and the old model's test columns (the new one's are the evaluated
-    # phase's, reused)
-    old = (assets / WEIGHTS).is_file()
-    return (val * (2 if old else 1) + (test if old else 0)) / rate
+    return phase_images(job, phase, episodes) / rate if rate else 0.0
 
 
-def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000, root: Path | None = None) -> float:
+def estimate_seconds(job: Job, device: torch.device, episodes: int = 1000) -> float:
     """Seconds left for this job: on a GPU at the H100's measured pace; on a CPU from cpu_seconds."""
-    steps_left = job.cfg.steps - (0 if job.fresh else min(job.resume_step, job.cfg.steps))
     if device.type == "cuda":
-        train_s = steps_left * H100_SECONDS_PER_STEP if "trained" not in job.done else 0
+        train_s = job.steps_left * H100_SECONDS_PER_STEP if "trained" not in job.done else 0
         return train_s + (EVAL_SECONDS if "evaluated" not in job.done else 0)
-    root = root or job.toml.parent.parent.parent
-    return sum(cpu_seconds(job, p, episodes, root) for p in ("trained", "evaluated", "compared")
-               if p not in job.done)
+    return sum(cpu_seconds(job, p, episodes) for p in ("trained", "evaluated", "compared") if p not in job.done)
 
 
 def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to: str | None,
@@ -170,12 +175,12 @@ def print_plan(jobs: list[Job], device: torch.device, device_label: str, push_to
     train = costs.train_cost(todo[0].cfg) if todo else None
     test = costs.eval_cost(episodes)
     if test:  # the plan line says so: old vs new scores two models
-        test = costs.Cost(test.seconds, test.how + "; old vs new: the old model's four columns (the new one's are reused) plus both models' val tasks")
+        test = costs.Cost(test.seconds, test.how + "; old vs new: the old model's four columns (the new one's "
+                                                   "are reused) plus both models' val tasks")
     if total == 0 and (todo or any("evaluated" in j.todo(None) for j in jobs)):
         print("estimated time on this CPU: not measured (no CPU record in docs/bench/)")
         return
-    own = {j.name: r for j in jobs if j.todo(None)
-           and (r := costs.own_rates(j.cfg, j.toml.parent.parent.parent / "assets" / j.name))}
+    own = {j.name: r for j in jobs if j.todo(None) and (r := costs.own_rates(j.cfg, j.assets))}
     gpu_min = sum(estimate_seconds(j, torch.device("cuda")) for j in jobs) / 60
     print(f"estimated time: ~{costs.duration(total)} on a quiet 2-core CPU (an estimate from measured CPU rates)"
           + (f"\n  per model: {train.how}" if train else "")
@@ -289,14 +294,12 @@ class Progress:
 
     def _units(self, job: Job, phase: str, dev: torch.device, episodes: int, root: Path) -> float:
         if self.seconds_units:
-            return cpu_seconds(job, phase, episodes, root)
-        cfg = job.cfg
-        val, test = compare.work_images(cfg, episodes)
+            return cpu_seconds(job, phase, episodes)
         if phase == "trained":
-            steps = cfg.steps - (0 if job.fresh else min(job.resume_step, cfg.steps))
-            return steps * images_per_step(cfg) + max(1, steps // cfg.val_every) * cfg.val_episodes * val / episodes
-        old = (root / "assets" / job.name / WEIGHTS).is_file()
-        return test if phase == "evaluated" else val * (2 if old else 1) + (test if old else 0)
+            val, _ = compare.work_images(job.cfg, episodes)
+            return (job.steps_left * images_per_step(job.cfg)
+                    + max(1, job.steps_left // job.cfg.val_every) * job.cfg.val_episodes * val / episodes)
+        return phase_images(job, phase, episodes)
 
     def finished(self, job: Job, phase: str, seconds: float) -> None:
         self.done_units += self.units.pop((job.name, phase), 0.0)
